@@ -1,0 +1,72 @@
+"""otp: an Erlang/OTP-style runtime on Pykka and asyncio.
+
+The public surface is re-exported here; the modules behind it are:
+
+* :mod:`otp.actor` -- :class:`LoopActor`, the loop-scheduled Pykka actor with links,
+  monitors and exit signals; the contracts of handlers and signals are documented there.
+* :mod:`otp.scheduler` -- one event loop per process that runs every loop actor.
+* :mod:`otp.future` -- :class:`LoopFuture`, awaitable on the loop, blockable elsewhere.
+* :mod:`otp.pid` and :mod:`otp.codec` -- pids, refs, and their msgpack wire form.
+* :mod:`otp.process` -- send, ask, exit, monitor, register/whereis/unregister.
+* :mod:`otp.timers` -- send_after and cancel_timer.
+* :mod:`otp.blocking` -- a thread pool for blocking work, answering on the loop.
+* :mod:`otp.supervisor` -- OTP supervisors.
+"""
+
+from otp.actor import (
+    ActorRef,
+    Down,
+    Exit,
+    LoopActor,
+    NoProcError,
+    Reply,
+    StartError,
+)
+from otp.future import BlockingCallError, LoopFuture
+from otp.pid import Pid, Ref
+from otp.process import (
+    AlreadyRegisteredError,
+    ask,
+    exit,
+    is_alive,
+    lookup,
+    monitor,
+    register,
+    registered,
+    send,
+    started,
+    unregister,
+    whereis,
+)
+from otp.scheduler import Scheduler, current
+from otp.timers import cancel_timer, send_after
+
+__all__ = [
+    "ActorRef",
+    "AlreadyRegisteredError",
+    "BlockingCallError",
+    "Down",
+    "Exit",
+    "LoopActor",
+    "LoopFuture",
+    "NoProcError",
+    "Pid",
+    "Ref",
+    "Reply",
+    "Scheduler",
+    "StartError",
+    "ask",
+    "cancel_timer",
+    "current",
+    "exit",
+    "is_alive",
+    "lookup",
+    "monitor",
+    "register",
+    "registered",
+    "send",
+    "send_after",
+    "started",
+    "unregister",
+    "whereis",
+]
