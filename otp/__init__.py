@@ -39,12 +39,14 @@ from otp.process import (
     whereis,
 )
 from otp.scheduler import Scheduler, current
+from otp.supervisor import ChildSpec, Supervisor, SupervisorError
 from otp.timers import cancel_timer, send_after
 
 __all__ = [
     "ActorRef",
     "AlreadyRegisteredError",
     "BlockingCallError",
+    "ChildSpec",
     "Down",
     "Exit",
     "LoopActor",
@@ -55,6 +57,8 @@ __all__ = [
     "Reply",
     "Scheduler",
     "StartError",
+    "Supervisor",
+    "SupervisorError",
     "ask",
     "cancel_timer",
     "current",

@@ -264,7 +264,16 @@ def _answer_dead(envelope: Envelope[Any]) -> None:
 
 
 class ActorRef(pykka.ActorRef[Any]):
-    """Pykka's ``ActorRef`` plus the actor's :class:`Pid` (``ref.pid``)."""
+    """Pykka's ``ActorRef`` plus the actor's :class:`Pid` (``ref.pid``).
+
+    After the actor's death the ref tells why (``exit_reason``) and whether it died
+    before its ``on_start`` returned (``start_failed``): the actor object itself may be
+    gone by then, the ref is what callers hold.
+    """
+
+    # Class-level defaults: set on the instance only at death, so a live ref costs nothing.
+    exit_reason: Any = None
+    start_failed: bool = False
 
     def __init__(self, actor: LoopActor) -> None:
         super().__init__(actor)
@@ -272,6 +281,28 @@ class ActorRef(pykka.ActorRef[Any]):
 
     def __repr__(self) -> str:
         return f"<ActorRef for {self} {self.pid}>"
+
+    def stop(self, *, block: bool = True, timeout: float | None = None) -> Any:
+        """Pykka's ``stop``; with ``block=False`` the future can also be awaited.
+
+        (Pykka's own non-blocking stop future is built on a get-hook, which can only be
+        waited for by blocking.)
+        """
+        if block:
+            return super().stop(block=True, timeout=timeout)
+        asked = self.ask(_ActorStop(), block=False)
+        result: LoopFuture[bool] = LoopFuture(_scheduler_mod.current())
+
+        def convert(done: pykka.Future[Any]) -> None:
+            try:
+                done.get(timeout=0)
+            except ActorDeadError:
+                result.set(False)
+            else:
+                result.set(True)
+
+        asked.add_done_callback(convert)  # type: ignore[attr-defined]
+        return result
 
 
 class LoopActor(pykka.Actor):
@@ -439,11 +470,10 @@ class LoopActor(pykka.Actor):
         return super()._handle_receive(message)
 
     def _setup(self) -> None:
-        self._state = _RUNNING
+        self._state = _STARTING
         try:
             result = self.on_start()
             if result.__class__ is _CoroutineType:
-                self._state = _STARTING
                 self._task = self._scheduler.loop.create_task(self._drive(result, None, True))
                 return
         except Exception:
@@ -453,6 +483,7 @@ class LoopActor(pykka.Actor):
         if self.actor_stopped._set:
             self._terminate()
         else:
+            self._state = _RUNNING
             self._started_ok()
 
     def _suspend(self, coroutine: Any, reply_to: pykka.Future[Any] | None) -> None:
@@ -593,7 +624,10 @@ class LoopActor(pykka.Actor):
         mailbox = self.actor_inbox
         mailbox._actor = None
         mailbox._reject_all()
-        if was_starting or self._init_waiters:
+        ref = self._actor_ref
+        ref.exit_reason = reason
+        if was_starting:
+            ref.start_failed = True
             self._started_failed(reason)
         if self._monitors:
             for mref, target in self._monitors.items():
@@ -612,6 +646,9 @@ class LoopActor(pykka.Actor):
         if self._monitored_by:
             watchers, self._monitored_by = self._monitored_by, None
             for mref, watcher in watchers.items():
+                watcher_actor = scheduler.lookup(watcher)
+                if watcher_actor is not None and watcher_actor._monitors:
+                    watcher_actor._monitors.pop(mref, None)
                 _send(scheduler, watcher, Down(mref, self.pid, reason))
 
     # -- exit signals ----------------------------------------------------------------------

@@ -21,6 +21,7 @@ not thrashed.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -84,10 +85,9 @@ class BlockingPool:
         scheduler = _scheduler_mod.current()
 
         def job() -> None:
-            try:
+            # The callback reads the outcome itself; here we only wait for it.
+            with contextlib.suppress(BaseException):
                 future.get()
-            except BaseException:  # noqa: S110 - the callback reads the outcome itself
-                pass
             scheduler.call_soon(callback, future)
 
         self._executor.submit(job)

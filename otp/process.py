@@ -67,7 +67,7 @@ def is_alive(pid: Pid) -> bool:
     return found is not None and not found.actor_stopped.is_set()
 
 
-def exit(pid: Pid, reason: Any, *, sender: Pid | None = None) -> None:  # noqa: A001
+def exit(pid: Pid, reason: Any, *, sender: Pid | None = None) -> None:
     """Send an exit signal (Erlang's ``exit/2``); ``"kill"`` cannot be trapped."""
     _on_loop(_actor._exit, sender, pid, reason)
 
@@ -85,16 +85,23 @@ def started(ref: ActorRef | Pid) -> LoopFuture[Pid]:
     """A future that is set to the pid once ``on_start`` has returned, or raises
     :class:`otp.actor.StartError` if the actor died before that."""
     pid = ref if isinstance(ref, Pid) else ref.pid
+    dead_ref = None if isinstance(ref, Pid) else ref
 
     def run(scheduler: Any, pid: Pid) -> LoopFuture[Pid]:
         found: LoopActor | None = scheduler.lookup(pid)
-        if found is None:
-            future: LoopFuture[Pid] = LoopFuture(scheduler)
-            future.set_exception(
-                (_actor.StartError, _actor.StartError(pid, "noproc"), None)
-            )
-            return future
-        return found._wait_started()
+        if found is not None:
+            return found._wait_started()
+        # Already dead: the ref, if we have one, knows whether on_start returned.
+        future: LoopFuture[Pid] = LoopFuture(scheduler)
+        if dead_ref is not None and dead_ref.exit_reason is not None:
+            if not dead_ref.start_failed:
+                future.set(pid)
+                return future
+            reason = dead_ref.exit_reason
+        else:
+            reason = "noproc"
+        future.set_exception((_actor.StartError, _actor.StartError(pid, reason), None))
+        return future
 
     return _on_loop(run, pid)
 

@@ -1,0 +1,7 @@
+"""`python -m mongoose` is the `mongoose` command."""
+
+import sys
+
+from mongoose.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The server's supervision trees, written as child specs for `otp`'s supervisor."""

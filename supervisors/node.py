@@ -1,0 +1,103 @@
+"""The node's supervision tree, and the node's main function.
+
+``run(config)`` is what ``mongoose foreground`` calls. It installs this process's
+scheduler (named after the node, worker 0: the root process), starts ``node_sup`` on the
+loop in the main thread, logs ``node_up`` once every child has started, and waits for
+SIGTERM or SIGINT (Ctrl-C). Then it stops the tree the OTP way -- children right to left,
+each within its shutdown time -- logs ``node_stopped`` and returns exit code 0. A
+second signal during the stop is ignored: the stop is bounded by the shutdown times.
+
+The tree grows with the issues that add its parts (see shared/DESIGN.md): the worker
+processes, instrumentation, cluster membership and the admin endpoint become children of
+``node_sup``. Today it holds the node status actor.
+
+    node_sup (one_for_one)
+      node_status    answers status queries (mongoose.status)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from functools import partial
+
+import otp
+from mongoose.config import Config
+from mongoose.status import NodeStatus
+from otp import scheduler as scheduler_mod
+from otp.supervisor import ChildSpec, Supervisor
+
+__all__ = ["node_sup_children", "run"]
+
+log = logging.getLogger("mongoose.node")
+
+
+def node_sup_children(config: Config) -> list[ChildSpec]:
+    """The child specs of ``node_sup``, left to right (start order)."""
+    general = config.general
+    return [
+        ChildSpec(
+            id="node_status",
+            start=partial(NodeStatus.start, general.node_name, general.hosts),
+        ),
+    ]
+
+
+def run(config: Config) -> int:
+    """Run the node until SIGTERM/SIGINT; returns the process exit code."""
+    scheduler = scheduler_mod.Scheduler(node=config.general.node_name, worker=0)
+    scheduler_mod.install(scheduler)
+    try:
+        return scheduler.run(_main(config, scheduler))
+    finally:
+        scheduler_mod.uninstall(scheduler)
+        scheduler.loop.close()
+
+
+async def _main(config: Config, scheduler: scheduler_mod.Scheduler) -> int:
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, signum, stop_requested)
+    started = time.monotonic()
+    node_sup = Supervisor.start(strategy="one_for_one", children=node_sup_children(config))
+    try:
+        await otp.started(node_sup)
+    except otp.StartError as error:
+        log.critical(
+            "node failed to start",
+            extra={"what": "node_start_failed", "reason": repr(error.reason)},
+        )
+        return 1
+    otp.register("node_sup", node_sup.pid)
+    log.info(
+        "node is up",
+        extra={
+            "what": "node_up",
+            "node": config.general.node_name,
+            "hosts": list(config.general.hosts),
+            "pid": str(node_sup.pid),
+            "start_ms": round((time.monotonic() - started) * 1000, 1),
+        },
+    )
+    await stop_requested.wait()
+    log.info("node is stopping", extra={"what": "node_stopping"})
+    await node_sup.stop(block=False)
+    log.info(
+        "node stopped",
+        extra={"what": "node_stopped", "actors_left": scheduler.statistics()["actors"]},
+    )
+    return 0
+
+
+def _on_signal(signum: int, stop_requested: asyncio.Event) -> None:
+    if stop_requested.is_set():
+        log.info("already stopping", extra={"what": "node_signal_ignored", "signal": signum})
+        return
+    log.info(
+        "stop requested",
+        extra={"what": "node_stop_requested", "signal": signal.Signals(signum).name},
+    )
+    stop_requested.set()
