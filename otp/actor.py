@@ -92,7 +92,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 import pykka
 from pykka import ActorDeadError, ActorRegistry
 from pykka._envelope import Envelope
-from pykka.messages import _ActorStop
+from pykka.messages import ProxyCall, ProxyGetAttr, ProxySetAttr, _ActorStop
 
 from otp import scheduler as _scheduler_mod
 from otp.future import LoopFuture
@@ -163,6 +163,12 @@ class _ReceiveTimeout:
 
 
 _RECEIVE_TIMEOUT = _ReceiveTimeout()
+
+# Message classes that are not for on_receive (exact classes: Pykka's messages are never
+# subclassed, and Exit/_ReceiveTimeout are ours).
+_SPECIAL_MESSAGES = frozenset(
+    {_ActorStop, ProxyCall, ProxyGetAttr, ProxySetAttr, Exit, _ReceiveTimeout}
+)
 
 
 class _StopFlag:
@@ -281,6 +287,12 @@ class ActorRef(pykka.ActorRef[Any]):
 
     def __repr__(self) -> str:
         return f"<ActorRef for {self} {self.pid}>"
+
+    def tell(self, message: Any) -> None:
+        """Pykka's ``tell``: raises ``ActorDeadError`` if the actor is known dead."""
+        if self.actor_stopped._set:  # type: ignore[attr-defined]
+            raise ActorDeadError(f"{self} not found")
+        self.actor_inbox.put(Envelope(message))
 
     def stop(self, *, block: bool = True, timeout: float | None = None) -> Any:
         """Pykka's ``stop``; with ``block=False`` the future can also be awaited.
@@ -463,6 +475,10 @@ class LoopActor(pykka.Actor):
             self._arm_idle_timer()
 
     def _handle_receive(self, message: Any) -> Any:
+        # Fast path: most messages are plain data for on_receive. Pykka's dispatch tests
+        # four classes with isinstance first, which measured 0.6-0.8 us of a 2.2 us tell.
+        if message.__class__ not in _SPECIAL_MESSAGES:
+            return self.on_receive(message)
         if message.__class__ is Exit:
             return self._trapped_exit(message)
         if message is _RECEIVE_TIMEOUT:
