@@ -123,6 +123,37 @@ def erlang_node_name(value: Any) -> str:
     return value
 
 
+def number_in(low: float, high: float) -> Check:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            low <= value <= high
+        ):
+            raise Invalid(f"a number from {low} to {high}")
+        return float(value)
+
+    return check
+
+
+def port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise Invalid("a TCP port number from 0 to 65535 (0: any free port)")
+    return value
+
+
+def seed_list(value: Any) -> tuple[str, ...]:
+    """Other nodes' distribution addresses, "host:port"."""
+    expected = 'a list of "host:port" addresses of other nodes'
+    if not isinstance(value, list):
+        raise Invalid(expected)
+    seeds = []
+    for item in value:
+        host, _, number = item.rpartition(":") if isinstance(item, str) else ("", "", "")
+        if not host or not number.isdigit() or not 0 < int(number) <= 65535:
+            raise Invalid(f"{expected}, such as [\"127.0.0.1:7101\"]")
+        seeds.append(item)
+    return tuple(seeds)
+
+
 # Schema
 
 
@@ -142,10 +173,32 @@ class General:
 
 
 @dataclass(frozen=True)
+class Cluster:
+    """`[cluster]`: how this node's processes reach other nodes (see otp/dist.py).
+
+    Traffic between nodes is CURVE-encrypted and authenticated with the keypair in
+    `keys_file` (relative paths are under `general.data_dir`); a node generates one on
+    first start if the file is missing. Every node of a cluster needs the same file:
+    copy it (mode 0600) before joining nodes together.
+    """
+
+    # Address other nodes use to reach this node's root process.
+    host: str = setting("127.0.0.1", non_empty_string("a host name or IP address"))
+    port: int = setting(7100, port)
+    # Other nodes to join at start, "host:port".
+    seeds: tuple[str, ...] = setting((), seed_list)
+    keys_file: str = setting("cluster.keys", non_empty_string("a file path"))
+    # Failure detection between nodes, seconds.
+    heartbeat_interval: float = setting(1.0, number_in(0.05, 60))
+    node_timeout: float = setting(4.0, number_in(0.2, 300))
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration. `source` is the file it came from."""
 
     general: General = field(default_factory=General)
+    cluster: Cluster = field(default_factory=Cluster)
     source: str = "<defaults>"
 
 

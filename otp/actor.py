@@ -94,6 +94,7 @@ from pykka import ActorDeadError, ActorRegistry
 from pykka._envelope import Envelope
 from pykka.messages import ProxyCall, ProxyGetAttr, ProxySetAttr, _ActorStop
 
+from otp import codec
 from otp import scheduler as _scheduler_mod
 from otp.future import LoopFuture
 from otp.pid import Pid, Ref
@@ -143,6 +144,10 @@ class Reply(NamedTuple):
     tag: Any
     value: Any
     error: BaseException | None
+
+
+for _record in (Exit, Down, Reply):
+    codec.register_record(_record, f"otp.{_record.__name__}")
 
 
 class NoProcError(LookupError):
@@ -645,8 +650,13 @@ class LoopActor(pykka.Actor):
         if was_starting:
             ref.start_failed = True
             self._started_failed(reason)
+        dist = scheduler.dist
         if self._monitors:
             for mref, target in self._monitors.items():
+                if not scheduler.is_local(target):
+                    if dist is not None:
+                        dist.demonitor(target, mref)
+                    continue
                 target_actor = scheduler.lookup(target)
                 if target_actor is not None and target_actor._monitored_by:
                     target_actor._monitored_by.pop(mref, None)
@@ -654,6 +664,10 @@ class LoopActor(pykka.Actor):
         if self._links:
             links, self._links = self._links, None
             for linked in links:
+                if not scheduler.is_local(linked):
+                    if dist is not None:
+                        dist.exit(self.pid, linked, reason, True)
+                    continue
                 other = scheduler.lookup(linked)
                 if other is not None:
                     if other._links:
@@ -759,7 +773,17 @@ class LoopActor(pykka.Actor):
         :class:`NoProcError`."""
         if pid == self.pid:
             return
-        other = self._scheduler.lookup(pid)
+        scheduler = self._scheduler
+        if not scheduler.is_local(pid):
+            dist = scheduler.dist
+            if dist is not None and dist.link(self.pid, pid):
+                if self._links is None:
+                    self._links = set()
+                self._links.add(pid)  # a noproc answer comes back as an exit signal
+                return
+            other = None
+        else:
+            other = scheduler.lookup(pid)
         if other is None or other._state is _DEAD:
             if self.trap_exit:
                 self.actor_inbox.put(Envelope(Exit(pid, "noproc")))  # type: ignore[arg-type]
@@ -776,7 +800,12 @@ class LoopActor(pykka.Actor):
         """Remove the link to ``pid`` (both ways); no error if there is none."""
         if self._links:
             self._links.discard(pid)
-        other = self._scheduler.lookup(pid)
+        scheduler = self._scheduler
+        if not scheduler.is_local(pid):
+            if scheduler.dist is not None:
+                scheduler.dist.unlink(self.pid, pid)
+            return
+        other = scheduler.lookup(pid)
         if other is not None and other._links:
             other._links.discard(self.pid)
 
@@ -791,7 +820,11 @@ class LoopActor(pykka.Actor):
         """
         target = self._monitors.pop(mref, None) if self._monitors else None
         active = False
-        if target is not None:
+        if target is not None and not self._scheduler.is_local(target):
+            if self._scheduler.dist is not None:
+                self._scheduler.dist.demonitor(target, mref)
+            active = True
+        elif target is not None:
             target_actor = self._scheduler.lookup(target)
             if target_actor is not None and target_actor._monitored_by:
                 active = target_actor._monitored_by.pop(mref, None) is not None
@@ -890,17 +923,33 @@ class LoopActor(pykka.Actor):
 
 
 def _send(scheduler: Scheduler, pid: Pid, message: Any) -> None:
-    actor = scheduler.lookup(pid)
-    if actor is not None:
-        actor.actor_inbox.put(Envelope(message))
+    if scheduler.is_local(pid):
+        actor = scheduler.processes.get(pid[2])
+        if actor is not None:
+            actor.actor_inbox.put(Envelope(message))
+        # else: a send to a dead pid is dropped, as in Erlang.
         return
-    remote = getattr(scheduler, "remote_send", None)
-    if remote is not None and (pid[0] != scheduler.node or pid[1] != scheduler.worker):
-        remote(pid, message)
-    # else: a send to a dead pid is dropped, as in Erlang.
+    remote = scheduler.remote_send
+    if remote is not None:
+        if scheduler.on_loop_thread():
+            remote(pid, message)
+        else:  # the transport belongs to the loop's thread
+            scheduler.call_soon(remote, pid, message)
 
 
 def _ask(scheduler: Scheduler, pid: Pid, message: Any) -> LoopFuture[Any]:
+    if not scheduler.is_local(pid) and scheduler.dist is not None:
+        if scheduler.on_loop_thread():
+            return scheduler.dist.ask(pid, message)
+        answer: LoopFuture[Any] = LoopFuture(scheduler)
+
+        def ask_on_loop() -> None:
+            scheduler.dist.ask(pid, message).add_done_callback(
+                lambda done: _copy_result(done, answer)
+            )
+
+        scheduler.call_soon(ask_on_loop)
+        return answer
     actor = scheduler.lookup(pid)
     if actor is not None:
         return actor.actor_ref.ask(message, block=False)  # type: ignore[return-value]
@@ -909,8 +958,25 @@ def _ask(scheduler: Scheduler, pid: Pid, message: Any) -> LoopFuture[Any]:
     return future
 
 
+def _copy_result(source: LoopFuture[Any], target: LoopFuture[Any]) -> None:
+    try:
+        target.set(source.get(timeout=0))
+    except Exception:
+        target.set_exception()
+
+
 def _monitor(scheduler: Scheduler, watcher: Pid, pid: Pid, watcher_actor: LoopActor | None) -> Ref:
     mref = scheduler.make_ref()
+    if not scheduler.is_local(pid):
+        dist = scheduler.dist
+        if dist is not None and dist.monitor(watcher, pid, mref):
+            if watcher_actor is not None:
+                if watcher_actor._monitors is None:
+                    watcher_actor._monitors = {}
+                watcher_actor._monitors[mref] = pid
+            return mref
+        _send(scheduler, watcher, Down(mref, pid, "noproc"))
+        return mref
     target = scheduler.lookup(pid)
     if target is None or target._state is _DEAD:
         _send(scheduler, watcher, Down(mref, pid, "noproc"))
@@ -926,6 +992,10 @@ def _monitor(scheduler: Scheduler, watcher: Pid, pid: Pid, watcher_actor: LoopAc
 
 
 def _exit(scheduler: Scheduler, sender: Pid | None, pid: Pid, reason: Any) -> None:
+    if not scheduler.is_local(pid):
+        if scheduler.dist is not None:
+            scheduler.dist.exit(sender, pid, reason, False)
+        return
     target = scheduler.lookup(pid)
     if target is not None:
         target._exit_signal(sender, reason, linked=False)

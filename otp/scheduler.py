@@ -75,13 +75,18 @@ class Scheduler:
         *,
         node: str = DEFAULT_NODE,
         worker: int = 0,
+        creation: int = 0,
     ) -> None:
         self.loop = loop if loop is not None else new_event_loop()
         self.node = node
         self.worker = worker
         self.processes: dict[int, LoopActor] = {}
+        self._old_names: frozenset[str] = frozenset()
         self.names: dict[str, Pid] = {}
-        self._ids = itertools.count(1)
+        # Pid numbers start at creation << 32: a restarted worker (new creation) never
+        # hands out a pid that an actor of its previous incarnation had.
+        self.creation = creation
+        self._ids = itertools.count((creation << 32) + 1)
         self._refs = itertools.count(1)
         self._runq: deque[LoopActor] = deque()
         self._drain_pending = False
@@ -89,6 +94,10 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self.timers: dict[Ref, asyncio.TimerHandle] = {}
+        # Distribution (otp.dist), when this process is part of a cluster.
+        self.dist: Any = None
+        self.remote_send: Callable[[Pid, Any], None] | None = None
+        self.on_processes_lost: list[Callable[[set[tuple[str, int]]], None]] = []
 
     # -- identity --------------------------------------------------------------------------
 
@@ -99,11 +108,29 @@ class Scheduler:
         """A reference unique in the cluster (node, worker and a counter)."""
         return Ref(self.node, self.worker, next(self._refs))
 
+    def is_local(self, pid: Pid) -> bool:
+        """True if ``pid`` belongs to this process."""
+        return pid[1] == self.worker and (pid[0] == self.node or pid[0] in self._old_names)
+
     def lookup(self, pid: Pid) -> LoopActor | None:
         """The live actor with this pid in this process, or None."""
-        if pid[1] != self.worker or pid[0] != self.node:
+        if pid[1] != self.worker or (pid[0] != self.node and pid[0] not in self._old_names):
             return None
         return self.processes.get(pid[2])
+
+    def rename(self, node: str) -> None:
+        """Give this process a node name (as Erlang's ``net_kernel:start`` does).
+
+        Only from the default name, before distribution starts. Actors made before keep
+        pids with the old name; those still work locally but cannot be reached from other
+        processes, so a process that joins a cluster late makes new actors for that.
+        """
+        if self.node == node:
+            return
+        if self.node != DEFAULT_NODE or self.dist is not None:
+            raise RuntimeError(f"this process is already node {self.node}")
+        self._old_names = self._old_names | {self.node}
+        self.node = node
 
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread_id

@@ -32,3 +32,32 @@ def test_a_value_that_cannot_cross_is_refused() -> None:
     """An object without a wire form raises TypeError naming its type."""
     with pytest.raises(TypeError, match="object"):
         codec.dumps({"x": object()})
+
+
+def test_exceptions_cross_as_remote_errors() -> None:
+    """An exception arrives as RemoteError with its type name; ActorDeadError keeps its type."""
+    import pykka
+
+    from otp.codec import RemoteError
+
+    again = codec.loads(codec.dumps([ValueError("bad value"), pykka.ActorDeadError("gone")]))
+    assert again[0] == RemoteError("builtins.ValueError", "bad value")
+    assert isinstance(again[1], pykka.ActorDeadError) and str(again[1]) == "gone"
+    assert codec.loads(codec.dumps(again[0])) == again[0]
+
+
+def test_registered_records_arrive_as_themselves() -> None:
+    """Down, Exit and Reply cross as their own types; unregistered NamedTuples as tuples."""
+    from typing import NamedTuple
+
+    import otp
+
+    class Point(NamedTuple):
+        x: int
+        y: int
+
+    value = [otp.Down(Ref("n", 1, 2), Pid("n", 1, 3), "noproc"), otp.Exit(None, ("shutdown", 1)),
+             otp.Reply("t", None, None), Point(1, 2)]
+    again = codec.loads(codec.dumps(value))
+    assert again[:3] == value[:3] and [type(v) for v in again[:3]] == [type(v) for v in value[:3]]
+    assert type(again[3]) is tuple and again[3] == (1, 2)

@@ -129,7 +129,7 @@ def test_unknown_section(tmp_path):
     error = load_error(tmp_path, "[[listen.c2s]]\nport = 5222\n")
     assert error.key == "listen"
     assert "unknown section listen" in str(error)
-    assert "expected one of general" in str(error)
+    assert "expected one of cluster, general" in str(error)
 
 
 def test_unknown_top_level_key(tmp_path):
@@ -179,3 +179,14 @@ def test_loads_names_its_source():
     assert config.loads('[general]\nworkers = 4\n').general.workers == 4
     with pytest.raises(ConfigError, match=r"^inline: general\.workers: "):
         config.loads("[general]\nworkers = -4\n", source="inline")
+
+
+def test_cluster_section_defaults_and_errors(tmp_path):
+    """[cluster] has working defaults; a bad seed or port names its key and expectation."""
+    loaded = config.load(write(tmp_path, ""))
+    assert loaded.cluster.port == 7100 and loaded.cluster.seeds == ()
+    assert loaded.cluster.node_timeout <= 5
+    error = load_error(tmp_path, '[cluster]\nseeds = ["nohost"]\n')
+    assert error.key == "cluster.seeds" and "host:port" in str(error)
+    error = load_error(tmp_path, "[cluster]\nport = 70000\n")
+    assert error.key == "cluster.port" and "0 to 65535" in str(error)

@@ -1,0 +1,727 @@
+"""Distribution: pids of other processes and nodes behave like local ones.
+
+Each OS process of a cluster -- a node's root process (worker 0) and its worker
+processes -- has one :class:`Dist`, installed on its scheduler. When a runtime operation
+(send, ask, exit, link, monitor) names a pid of another process, the actor layer hands
+it here, and it travels through the process's :class:`otp.transport.Transport` as an
+item of a batched frame. The receiving process's ``Dist`` applies it to the local actor
+exactly as a local operation would, so Erlang's semantics hold across processes:
+
+* Order is kept per sender-receiver pair: one transport path per process pair, and items
+  are applied in arrival order.
+* A send to a dead pid is dropped; an ask to one fails with ``ActorDeadError``.
+* A link or monitor to a pid that is not alive answers ``noproc``, as locally.
+* When a process is lost (its worker died, its node left, or missed heartbeats), every
+  link to one of its pids delivers an exit signal ``noconnection``, every monitor fires
+  ``Down(..., "noconnection")``, and asks waiting for it fail. A pid on a lost process
+  never comes back: a restarted worker numbers its pids from a new random base
+  (``creation``), so a stale pid cannot reach a newer actor.
+
+Wire items (lists, packed by :mod:`otp.codec`; ``id`` is a pid's number in its process)::
+
+    ["m", id, msg]                       send
+    ["n", name, msg]                     send to a registered name
+    ["a", id, msg, reply_to, tag]        ask; reply_to is the asker's process key
+    ["r", tag, ok, value]                reply to an ask (value is the error if not ok)
+    ["x", id, sender, reason, linked]    exit signal
+    ["l", id, sender] / ["u", id, sender] link / unlink
+    ["M", id, watcher, mref]             monitor; ["D", id, mref] demonitor
+    ["spawn", path, args, kwargs, reply_to, tag]   start an actor there (spawn_on)
+    ["hb", node, creation, tcp]          heartbeat, root to root
+    ["hello", worker, entry]             a worker tells its root its addresses
+    ["join", node, entry]                a node's root announces itself to a seed/root
+    ["nodes", {node: entry}]             a root's answer to a join: every node it knows
+    ["node", node, entry]                a root announces a change of its node
+    ["leave", node]                      a node leaves the cluster
+    ["view", {node: entry}]              a root tells its workers the whole cluster
+
+Cluster view
+    A node is described by its root in an *entry*: ``{"creation": int, "version": int,
+    "procs": {worker: {"ipc": address, "tcp": address}}}``. The root is the only author of
+    its node's entry and bumps ``version`` on every change (a worker started or died); a
+    copy with a higher version replaces a lower one, a higher ``creation`` (a restarted
+    node) replaces any older one. Roots exchange entries (``join``/``nodes``/``node``) and
+    push the whole view to their workers (``view``). Every process diffs each new view
+    against the old one: processes that disappeared or changed incarnation are lost
+    (``noconnection``). Peers on the same node are reached over ipc, others over tcp.
+
+Failure detection
+    A root sees its workers die at once (it supervises them as OS processes) and
+    publishes a new version of its entry. Between nodes, each root sends a heartbeat to
+    every other root each ``heartbeat_interval`` seconds and declares a node down after
+    ``node_timeout`` seconds without one (default 1 s and 4 s: down within 5 s). A
+    heartbeat from a node not in the view (it restarted, or a netsplit healed) makes the
+    two roots exchange entries again, so the cluster re-forms by itself.
+
+Joining and leaving
+    A root joins by sending ``join`` to seed addresses (other roots' tcp addresses); a
+    seed answers with every node it knows and tells the other roots about the newcomer.
+    A root that stops sends ``leave`` to every other root, so they see its pids go down at
+    once rather than after the heartbeat timeout.
+
+Security
+    Every tcp connection is CURVE-authenticated with the cluster's keys (see
+    :mod:`otp.transport` and :mod:`otp.curve`); a process without them cannot deliver a
+    single item, so every item that arrives comes from a member. That is why remote
+    spawn (:func:`spawn_on`) and the other control items need no further check, as in
+    Erlang's distribution.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from pykka import ActorDeadError
+from pykka._envelope import Envelope
+
+from otp.future import LoopFuture
+from otp.pid import Pid, Ref
+
+if TYPE_CHECKING:
+    from otp.scheduler import Scheduler
+    from otp.transport import Transport
+
+__all__ = ["Dist", "new_creation", "spawn_on"]
+
+logger = logging.getLogger("otp.dist")
+
+Key = tuple[str, int]
+
+_ROOT = 0
+
+
+def new_creation() -> int:
+    """A random incarnation number for a process (24 bits: a restart almost surely
+    gets another one, and pid numbers start at ``creation << 32``)."""
+    return random.randrange(1, 1 << 24)
+
+
+class Dist:
+    """This process's part of the cluster; see the module docstring.
+
+    Args:
+        scheduler: the process's scheduler (loop thread owns everything here).
+        transport: an unstarted transport whose ``on_items`` / ``on_peer_event`` are
+            this object's :meth:`on_items` / :meth:`on_peer_event`.
+        creation: this process's incarnation (see :func:`new_creation`).
+        root_address: for a worker, the ipc address of its node's root.
+        heartbeat_interval, node_timeout: failure detection between nodes (roots only).
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        *,
+        creation: int,
+        root_address: str | None = None,
+        heartbeat_interval: float = 1.0,
+        node_timeout: float = 4.0,
+    ) -> None:
+        self.scheduler = scheduler
+        self.node = scheduler.node
+        self.worker = scheduler.worker
+        self.key: Key = (self.node, self.worker)
+        self.is_root = self.worker == _ROOT
+        self.creation = creation
+        self.transport: Transport | None = None
+        self.root_address = root_address
+        self.heartbeat_interval = heartbeat_interval
+        self.node_timeout = node_timeout
+        self.view: dict[str, dict[str, Any]] = {}
+        self._connected: dict[Key, str] = {}
+        self._pending: dict[int, tuple[LoopFuture[Any], Key]] = {}
+        self._tags = itertools.count(1)
+        self._last_heard: dict[str, float] = {}
+        self._seeds: list[str] = []
+        self._timer: Any = None
+        self._closed = False
+        self.down_events = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def attach(self, transport: Transport) -> None:
+        """Use ``transport`` (started) and become the scheduler's remote path."""
+        self.transport = transport
+        self.scheduler.dist = self
+        self.scheduler.remote_send = self.send
+        own = self._own_addresses()
+        entry = self.view.setdefault(
+            self.node, {"creation": self.creation, "version": 0, "procs": {}}
+        )
+        if self.is_root:
+            entry["creation"] = self.creation
+            entry["procs"][_ROOT] = own
+            entry["version"] += 1
+            self._timer = self.scheduler.loop.call_later(self.heartbeat_interval, self._tick)
+        else:
+            assert self.root_address is not None, "a worker needs its root's address"
+            self._connect((self.node, _ROOT), self.root_address)
+            self._put((self.node, _ROOT), ["hello", self.worker, own | {"creation": self.creation}])
+
+    def _own_addresses(self) -> dict[str, str]:
+        assert self.transport is not None
+        own: dict[str, str] = {}
+        for address in self.transport.addresses:
+            scheme = address.split("://", 1)[0]
+            own.setdefault(scheme, address)
+        return own
+
+    def close(self) -> None:
+        """Leave the cluster (roots tell the others) and fail what still waits."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.is_root:
+            for node in self._other_nodes():
+                self._put((node, _ROOT), ["leave", self.node])
+        for future, _ in self._pending.values():
+            if not future.done():
+                future.set_exception((ActorDeadError, ActorDeadError("node stopping"), None))
+        self._pending.clear()
+        if self.scheduler.dist is self:
+            self.scheduler.remote_send = None
+
+    def join(self, seeds: Iterable[str]) -> None:
+        """Root only: announce this node to the roots at the seed tcp addresses."""
+        assert self.is_root, "only a root process joins a cluster"
+        self._seeds = list(seeds)
+        entry = self.view[self.node]
+        for i, address in enumerate(self._seeds):
+            seed = (f"seed:{address}", i)
+            self._connect(seed, address)
+            self._put(seed, ["join", self.node, entry])
+
+    def leave(self) -> None:
+        """Root only: tell every other node we leave, and forget them."""
+        assert self.is_root
+        others = self._other_nodes()
+        for node in others:
+            self._put((node, _ROOT), ["leave", self.node])
+        self._seeds = []
+        self._drop_nodes(others)
+
+    # -- the view --------------------------------------------------------------------------
+
+    def nodes(self) -> list[str]:
+        """Nodes in this process's view, this one included."""
+        return sorted(self.view)
+
+    def processes(self) -> list[Key]:
+        """Every process in the view, as (node, worker)."""
+        return sorted((n, w) for n, e in self.view.items() for w in e["procs"])
+
+    def _other_nodes(self) -> list[str]:
+        return [n for n in self.view if n != self.node]
+
+    def _address_of(self, key: Key) -> str | None:
+        entry = self.view.get(key[0])
+        if entry is None:
+            return None
+        proc = entry["procs"].get(key[1])
+        if proc is None:
+            return None
+        if key[0] == self.node and "ipc" in proc:
+            return proc["ipc"]
+        return proc.get("tcp")
+
+    def _merge_entry(self, node: str, entry: dict[str, Any]) -> bool:
+        """Take ``entry`` for ``node`` if it is newer; returns True if the view changed."""
+        if node == self.node and self.is_root:
+            return False  # we are the author of our own entry
+        old = self.view.get(node)
+        if old is not None:
+            if entry["creation"] < old["creation"]:
+                return False
+            if entry["creation"] == old["creation"] and entry["version"] <= old["version"]:
+                return False
+        new_view = dict(self.view)
+        new_view[node] = _normalise(entry)
+        self._install_view(new_view)
+        return True
+
+    def _install_view(self, new_view: dict[str, dict[str, Any]]) -> None:
+        lost = _lost_processes(self.view, new_view)
+        self.view = new_view
+        if lost:
+            self._processes_lost(lost)
+
+    def _publish(self) -> None:
+        """Root: push the view to our workers."""
+        for worker in self.view[self.node]["procs"]:
+            if worker != _ROOT:
+                self._put((self.node, worker), ["view", self.view])
+
+    def _announce(self, to: Iterable[str] | None = None) -> None:
+        """Root: tell other roots our entry."""
+        entry = self.view[self.node]
+        for node in self._other_nodes() if to is None else to:
+            self._put((node, _ROOT), ["node", self.node, entry])
+
+    def worker_started(self, worker: int, proc: dict[str, Any]) -> None:
+        """Root: a worker process said hello with its addresses."""
+        entry = dict(self.view[self.node])
+        procs = dict(entry["procs"])
+        procs[worker] = {k: v for k, v in proc.items() if k in ("ipc", "tcp", "creation")}
+        entry["procs"] = procs
+        entry["version"] += 1
+        new_view = dict(self.view)
+        new_view[self.node] = entry
+        self._install_view(new_view)
+        self._publish()
+        self._announce()
+        logger.info(
+            "worker up",
+            extra={"what": "dist_worker_up", "node": self.node, "worker": worker},
+        )
+
+    def worker_lost(self, worker: int) -> None:
+        """Root: a worker process died (its supervisor will start a new one)."""
+        entry = self.view.get(self.node)
+        if entry is None or worker not in entry["procs"]:
+            return
+        entry = dict(entry)
+        procs = dict(entry["procs"])
+        del procs[worker]
+        entry["procs"] = procs
+        entry["version"] += 1
+        new_view = dict(self.view)
+        new_view[self.node] = entry
+        self._install_view(new_view)
+        self._publish()
+        self._announce()
+
+    def _drop_nodes(self, nodes: Iterable[str]) -> None:
+        nodes = [n for n in nodes if n in self.view and n != self.node]
+        if not nodes:
+            return
+        new_view = {n: e for n, e in self.view.items() if n not in nodes}
+        for node in nodes:
+            self._last_heard.pop(node, None)
+        self._install_view(new_view)
+        if self.is_root:
+            self._publish()
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _connect(self, key: Key, address: str) -> None:
+        assert self.transport is not None
+        if self._connected.get(key) != address:
+            self.transport.connect(key, address)
+            self._connected[key] = address
+
+    def _put(self, key: Key, item: list[Any]) -> bool:
+        """Queue ``item`` for process ``key``; False if we know no address for it."""
+        if key not in self._connected:
+            address = self._address_of(key)
+            if address is None:
+                return False
+            self._connect(key, address)
+        assert self.transport is not None
+        self.transport.send(key, item)
+        return True
+
+    def send(self, pid: Pid, message: Any) -> None:
+        """Send to a pid of another process (dropped if that process is unknown)."""
+        self._put((pid[0], pid[1]), ["m", pid[2], message])
+
+    def send_named(self, key: Key, name: str, message: Any) -> None:
+        """Send to the actor registered as ``name`` in process ``key``."""
+        self._put(key, ["n", name, message])
+
+    def ask(self, pid: Pid, message: Any) -> LoopFuture[Any]:
+        """Ask a pid of another process; the future fails if it or its process dies."""
+        future: LoopFuture[Any] = LoopFuture(self.scheduler)
+        key = (pid[0], pid[1])
+        tag = next(self._tags)
+        if not self._put(key, ["a", pid[2], message, list(self.key), tag]):
+            future.set_exception((ActorDeadError, ActorDeadError(f"{pid} not found"), None))
+            return future
+        self._pending[tag] = (future, key)
+        return future
+
+    def spawn(
+        self, key: Key, path: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> LoopFuture[Pid]:
+        """Start ``module:Class`` in process ``key`` (see :func:`spawn_on`)."""
+        future: LoopFuture[Pid] = LoopFuture(self.scheduler)
+        tag = next(self._tags)
+        if not self._put(key, ["spawn", path, args, kwargs, list(self.key), tag]):
+            future.set_exception((ActorDeadError, ActorDeadError(f"no process {key}"), None))
+            return future
+        self._pending[tag] = (future, key)
+        return future
+
+    def exit(self, sender: Pid | None, pid: Pid, reason: Any, linked: bool) -> None:
+        self._put((pid[0], pid[1]), ["x", pid[2], sender, reason, linked])
+
+    def link(self, sender: Pid, pid: Pid) -> bool:
+        """Ask ``pid``'s process to link it to ``sender``; False if that process is
+        unknown (the caller treats it as noproc)."""
+        return self._put((pid[0], pid[1]), ["l", pid[2], sender])
+
+    def unlink(self, sender: Pid, pid: Pid) -> None:
+        self._put((pid[0], pid[1]), ["u", pid[2], sender])
+
+    def monitor(self, watcher: Pid, pid: Pid, mref: Ref) -> bool:
+        return self._put((pid[0], pid[1]), ["M", pid[2], watcher, mref])
+
+    def demonitor(self, pid: Pid, mref: Ref) -> None:
+        self._put((pid[0], pid[1]), ["D", pid[2], mref])
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def on_items(self, items: list[Any]) -> None:
+        """The transport's callback: apply each item, in order."""
+        handlers = _HANDLERS
+        for item in items:
+            handler = handlers.get(item[0])
+            if handler is None:
+                logger.warning(
+                    "unknown item", extra={"what": "dist_unknown_item", "kind": repr(item[0])}
+                )
+                continue
+            try:
+                handler(self, item)
+            except Exception:
+                logger.exception(
+                    "bad item", extra={"what": "dist_bad_item", "kind": repr(item[0])}
+                )
+
+    def on_peer_event(self, key: Key, event: str) -> None:
+        if event == "auth_failed":
+            logger.error(
+                "peer refused our cluster keys",
+                extra={"what": "dist_auth_failed", "peer": f"{key[0]}.{key[1]}"},
+            )
+
+    def _local(self, actor_id: int) -> Any:
+        return self.scheduler.processes.get(actor_id)
+
+    def _on_send(self, item: list[Any]) -> None:
+        actor = self.scheduler.processes.get(item[1])
+        if actor is not None:
+            actor.actor_inbox.put(Envelope(item[2]))
+
+    def _on_named(self, item: list[Any]) -> None:
+        pid = self.scheduler.names.get(item[1])
+        if pid is not None:
+            self._on_send(["m", pid[2], item[2]])
+
+    def _on_ask(self, item: list[Any]) -> None:
+        _, actor_id, message, reply_to, tag = item
+        reply_key = (reply_to[0], reply_to[1])
+        actor = self.scheduler.processes.get(actor_id)
+        if actor is None:
+            error = ActorDeadError(f"<{self.node}.{self.worker}.{actor_id}> not found")
+            self._put(reply_key, ["r", tag, False, error])
+            return
+        future = actor.actor_ref.ask(message, block=False)
+
+        def reply(done: LoopFuture[Any]) -> None:
+            try:
+                value = done.get(timeout=0)
+            except Exception as error:
+                self._put(reply_key, ["r", tag, False, error])
+            else:
+                self._put(reply_key, ["r", tag, True, value])
+
+        future.add_done_callback(reply)
+
+    def _on_spawn(self, item: list[Any]) -> None:
+        _, path, args, kwargs, reply_to, tag = item
+        reply_key = (reply_to[0], reply_to[1])
+        try:
+            pid = spawn_local(path, args, kwargs)
+        except Exception as error:
+            self._put(reply_key, ["r", tag, False, error])
+        else:
+            self._put(reply_key, ["r", tag, True, pid])
+
+    def _on_reply(self, item: list[Any]) -> None:
+        _, tag, ok, value = item
+        pending = self._pending.pop(tag, None)
+        if pending is None:
+            return
+        future = pending[0]
+        if ok:
+            future.set(value)
+        else:
+            error = value if isinstance(value, BaseException) else RuntimeError(repr(value))
+            future.set_exception((type(error), error, None))
+
+    def _on_exit(self, item: list[Any]) -> None:
+        _, actor_id, sender, reason, linked = item
+        actor = self.scheduler.processes.get(actor_id)
+        if actor is None:
+            return
+        if linked:
+            if not actor._links or sender not in actor._links:
+                return  # unlinked meanwhile: the signal is void, as in Erlang
+            actor._links.discard(sender)
+        actor._exit_signal(sender, reason, linked=linked)
+
+    def _on_link(self, item: list[Any]) -> None:
+        _, actor_id, sender = item
+        actor = self.scheduler.processes.get(actor_id)
+        if actor is None or actor.actor_stopped.is_set():
+            pid = Pid(self.node, self.worker, actor_id)
+            self.exit(pid, sender, "noproc", True)
+            return
+        if actor._links is None:
+            actor._links = set()
+        actor._links.add(sender)
+
+    def _on_unlink(self, item: list[Any]) -> None:
+        actor = self.scheduler.processes.get(item[1])
+        if actor is not None and actor._links:
+            actor._links.discard(item[2])
+
+    def _on_monitor(self, item: list[Any]) -> None:
+        from otp.actor import Down
+
+        _, actor_id, watcher, mref = item
+        actor = self.scheduler.processes.get(actor_id)
+        if actor is None or actor.actor_stopped.is_set():
+            self.send(watcher, Down(mref, Pid(self.node, self.worker, actor_id), "noproc"))
+            return
+        if actor._monitored_by is None:
+            actor._monitored_by = {}
+        actor._monitored_by[mref] = watcher
+
+    def _on_demonitor(self, item: list[Any]) -> None:
+        actor = self.scheduler.processes.get(item[1])
+        if actor is not None and actor._monitored_by:
+            actor._monitored_by.pop(item[2], None)
+
+    # -- membership items ------------------------------------------------------------------
+
+    def _on_hello(self, item: list[Any]) -> None:
+        if self.is_root:
+            self.worker_started(item[1], item[2])
+
+    def _on_view(self, item: list[Any]) -> None:
+        if not self.is_root:
+            view = {node: _normalise(entry) for node, entry in item[1].items()}
+            self._install_view(view)
+
+    def _on_join(self, item: list[Any]) -> None:
+        if not self.is_root:
+            return
+        _, node, entry = item
+        self._last_heard[node] = time.monotonic()
+        changed = self._merge_entry(node, entry)
+        # Answer with everything we know; tell the others about the newcomer.
+        self._put((node, _ROOT), ["nodes", self.view])
+        if changed:
+            self._publish()
+            for other in self._other_nodes():
+                if other != node:
+                    self._put((other, _ROOT), ["node", node, entry])
+            logger.info("node joined", extra={"what": "dist_node_joined", "node": node})
+
+    def _on_nodes(self, item: list[Any]) -> None:
+        if not self.is_root:
+            return
+        changed = False
+        now = time.monotonic()
+        for node, entry in item[1].items():
+            if node != self.node:
+                self._last_heard.setdefault(node, now)
+                changed = self._merge_entry(node, entry) or changed
+        if changed:
+            self._publish()
+            self._announce()
+
+    def _on_node(self, item: list[Any]) -> None:
+        if not self.is_root:
+            return
+        _, node, entry = item
+        self._last_heard.setdefault(node, time.monotonic())
+        if self._merge_entry(node, entry):
+            self._publish()
+
+    def _on_leave(self, item: list[Any]) -> None:
+        if self.is_root:
+            logger.info("node left", extra={"what": "dist_node_left", "node": item[1]})
+            self._drop_nodes([item[1]])
+
+    def _on_heartbeat(self, item: list[Any]) -> None:
+        if not self.is_root:
+            return
+        _, node, creation, tcp = item
+        self._last_heard[node] = time.monotonic()
+        known = self.view.get(node)
+        if known is None or known["creation"] < creation:
+            # A node we do not know (restarted, or back from a netsplit): re-introduce.
+            key = (f"seed:{tcp}", -1)
+            self._connect(key, tcp)
+            self._put(key, ["join", self.node, self.view[self.node]])
+
+    # -- failure detection -----------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self._closed:
+            return
+        now = time.monotonic()
+        own = self.view[self.node]
+        tcp = own["procs"][_ROOT].get("tcp")
+        for node in self._other_nodes():
+            self._put((node, _ROOT), ["hb", self.node, own["creation"], tcp])
+            heard = self._last_heard.setdefault(node, now)
+            if now - heard > self.node_timeout:
+                logger.warning(
+                    "node not responding",
+                    extra={"what": "dist_node_down", "node": node, "silent_s": now - heard},
+                )
+                self._drop_nodes([node])
+        self._timer = self.scheduler.loop.call_later(self.heartbeat_interval, self._tick)
+
+    def _processes_lost(self, lost: set[Key]) -> None:
+        """Fire noconnection for everything that involves a lost process."""
+        from otp.actor import Down
+
+        self.down_events += 1
+        assert self.transport is not None
+        for key in lost:
+            if self._connected.pop(key, None) is not None:
+                self.transport.disconnect(key)
+        for tag, (future, key) in list(self._pending.items()):
+            if key in lost:
+                del self._pending[tag]
+                future.set_exception(
+                    (ActorDeadError, ActorDeadError(f"noconnection to {key[0]}.{key[1]}"), None)
+                )
+        for actor in list(self.scheduler.processes.values()):
+            if actor._links:
+                gone = [p for p in actor._links if (p[0], p[1]) in lost]
+                for pid in gone:
+                    actor._links.discard(pid)
+                    actor._exit_signal(pid, "noconnection", linked=True)
+            if actor._monitors:
+                gone_monitors = [
+                    (m, p) for m, p in actor._monitors.items() if (p[0], p[1]) in lost
+                ]
+                for mref, pid in gone_monitors:
+                    del actor._monitors[mref]
+                    actor.actor_inbox.put(Envelope(Down(mref, pid, "noconnection")))
+            if actor._monitored_by:
+                for mref in [m for m, w in actor._monitored_by.items() if (w[0], w[1]) in lost]:
+                    del actor._monitored_by[mref]
+        for hook in list(self.scheduler.on_processes_lost):
+            try:
+                hook(lost)
+            except Exception:
+                logger.exception("lost-process hook failed", extra={"what": "dist_hook_error"})
+        logger.info(
+            "processes lost",
+            extra={"what": "dist_processes_lost", "processes": sorted(f"{n}.{w}" for n, w in lost)},
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "nodes": self.nodes(),
+            "processes": len(self.processes()),
+            "pending_asks": len(self._pending),
+            "down_events": self.down_events,
+        }
+
+
+def _normalise(entry: dict[str, Any]) -> dict[str, Any]:
+    """msgpack turns int keys into ints already; make sure of it and copy."""
+    return {
+        "creation": entry["creation"],
+        "version": entry["version"],
+        "procs": {int(w): dict(p) for w, p in entry["procs"].items()},
+    }
+
+
+def _lost_processes(old: dict[str, Any], new: dict[str, Any]) -> set[Key]:
+    lost: set[Key] = set()
+    for node, entry in old.items():
+        new_entry = new.get(node)
+        for worker, proc in entry["procs"].items():
+            if new_entry is None or new_entry["creation"] != entry["creation"]:
+                lost.add((node, worker))
+                continue
+            new_proc = new_entry["procs"].get(worker)
+            if new_proc is None or new_proc.get("creation") != proc.get("creation"):
+                lost.add((node, worker))
+    return lost
+
+
+_HANDLERS = {
+    "m": Dist._on_send,
+    "n": Dist._on_named,
+    "a": Dist._on_ask,
+    "r": Dist._on_reply,
+    "x": Dist._on_exit,
+    "l": Dist._on_link,
+    "u": Dist._on_unlink,
+    "M": Dist._on_monitor,
+    "D": Dist._on_demonitor,
+    "spawn": Dist._on_spawn,
+    "hello": Dist._on_hello,
+    "view": Dist._on_view,
+    "join": Dist._on_join,
+    "nodes": Dist._on_nodes,
+    "node": Dist._on_node,
+    "leave": Dist._on_leave,
+    "hb": Dist._on_heartbeat,
+}
+
+
+# -- remote spawn -----------------------------------------------------------------------------
+
+
+def _resolve_class(path: str) -> type:
+    from otp.actor import LoopActor
+
+    module_name, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, LoopActor)):
+        raise TypeError(f"{path} is not a LoopActor class")
+    return obj
+
+
+def spawn_local(path: str, args: list[Any], kwargs: dict[str, Any]) -> Pid:
+    """Start the LoopActor class at ``module:Class`` here; returns its pid."""
+    cls = _resolve_class(path)
+    return cls.start(*args, **kwargs).pid
+
+
+def spawn_on(key: Key, path: str, *args: Any, **kwargs: Any) -> LoopFuture[Pid]:
+    """Start ``module:Class(*args, **kwargs)`` in process ``key``; a future of its pid.
+
+    Erlang's ``spawn(Node, M, F, A)``: the class is named, not sent, so it must be
+    importable there. Works for this process too. Safe from any thread.
+    """
+    from otp import scheduler as scheduler_mod
+
+    scheduler = scheduler_mod.current()
+
+    def run() -> LoopFuture[Pid]:
+        if key == (scheduler.node, scheduler.worker):
+            future: LoopFuture[Pid] = LoopFuture(scheduler)
+            try:
+                future.set(spawn_local(path, list(args), kwargs))
+            except Exception:
+                future.set_exception()
+            return future
+        dist = scheduler.dist
+        if dist is None:
+            raise RuntimeError("this process is not distributed")
+        return dist.spawn(key, path, list(args), kwargs)
+
+    if scheduler.on_loop_thread():
+        return run()
+    return scheduler.run_sync(run)

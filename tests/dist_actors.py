@@ -1,0 +1,80 @@
+"""Actors that distribution tests start in other OS processes with otp.dist.spawn_on.
+
+This module is imported by worker processes (tests put tests/ on their PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import otp
+
+
+class Echo(otp.LoopActor):
+    """Answers asks with the message; on ('crash', text) raises; 'os_pid' gives its pid."""
+
+    pykka_registry = False
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "os_pid":
+            return os.getpid()
+        if isinstance(message, tuple) and message[0] == "crash":
+            raise RuntimeError(message[1])
+        return message
+
+
+class Forwarder(otp.LoopActor):
+    """Forwards every message to ``target`` as (own pid, message)."""
+
+    pykka_registry = False
+
+    def __init__(self, target: otp.Pid) -> None:
+        super().__init__()
+        self.target = target
+
+    def on_receive(self, message: Any) -> Any:
+        otp.send(self.target, (self.pid, message))
+
+
+class Sender(otp.LoopActor):
+    """On ('send', target, n, tag): tells target (tag, i) for i in range(n), in batches."""
+
+    pykka_registry = False
+
+    def on_receive(self, message: Any) -> Any:
+        kind = message[0]
+        if kind == "send":
+            _, target, n, tag = message
+            self._batch(target, 0, n, tag)
+        elif kind == "more":
+            _, target, start, n, tag = message
+            self._batch(target, start, n, tag)
+        return None
+
+    def _batch(self, target: otp.Pid, start: int, n: int, tag: Any) -> None:
+        end = min(n, start + 1000)
+        for i in range(start, end):
+            otp.send(target, (tag, i))
+        if end < n:
+            self.actor_ref.tell(("more", target, end, n, tag))
+
+
+class Linker(otp.LoopActor):
+    """Links to the pid it is asked to, and reports trapped exits to ``report_to``."""
+
+    pykka_registry = False
+
+    def __init__(self, report_to: otp.Pid, trap: bool = True) -> None:
+        super().__init__()
+        self.report_to = report_to
+        self.trap_exit = trap
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, tuple) and message[0] == "link":
+            self.link(message[1])
+            return "linked"
+        if isinstance(message, tuple) and message[0] == "monitor":
+            return self.monitor(message[1])
+        otp.send(self.report_to, (self.pid, message))
+        return None
