@@ -142,6 +142,8 @@ class Dist:
         self._timer: Any = None
         self._closed = False
         self.down_events = 0
+        self._extra_handlers: dict[str, Any] = {}
+        self.on_view_changed: list[Any] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -252,6 +254,11 @@ class Dist:
         self.view = new_view
         if lost:
             self._processes_lost(lost)
+        for hook in list(self.on_view_changed):
+            try:
+                hook()
+            except Exception:
+                logger.exception("view hook failed", extra={"what": "dist_hook_error"})
 
     def _publish(self) -> None:
         """Root: push the view to our workers."""
@@ -384,6 +391,15 @@ class Dist:
         for item in items:
             handler = handlers.get(item[0])
             if handler is None:
+                extra = self._extra_handlers.get(item[0])
+                if extra is not None:
+                    try:
+                        extra(item)
+                    except Exception:
+                        logger.exception(
+                            "bad item", extra={"what": "dist_bad_item", "kind": repr(item[0])}
+                        )
+                    continue
                 logger.warning(
                     "unknown item", extra={"what": "dist_unknown_item", "kind": repr(item[0])}
                 )
@@ -394,6 +410,14 @@ class Dist:
                 logger.exception(
                     "bad item", extra={"what": "dist_bad_item", "kind": repr(item[0])}
                 )
+
+    def add_handlers(self, handlers: dict[str, Any]) -> None:
+        """Let a service on top of dist (e.g. global names) handle its own item kinds;
+        each handler is called on the loop with the item."""
+        clash = set(handlers) & (set(_HANDLERS) | set(self._extra_handlers))
+        if clash:
+            raise ValueError(f"item kinds already handled: {sorted(clash)}")
+        self._extra_handlers.update(handlers)
 
     def on_peer_event(self, key: Key, event: str) -> None:
         if event == "auth_failed":

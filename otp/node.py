@@ -39,6 +39,7 @@ from typing import Any
 from otp import curve
 from otp import scheduler as scheduler_mod
 from otp.dist import Dist, new_creation
+from otp.global_names import GlobalNames
 from otp.transport import Transport
 
 __all__ = ["READY_LINE", "Runtime", "worker_main"]
@@ -105,6 +106,7 @@ class Runtime:
         )
         self.transport.start()
         self.dist.attach(self.transport)
+        self.global_names = GlobalNames(self.dist)
 
     def tcp_address(self) -> str | None:
         """Where other nodes reach this process (the real port once started)."""

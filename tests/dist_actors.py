@@ -78,3 +78,14 @@ class Linker(otp.LoopActor):
             return self.monitor(message[1])
         otp.send(self.report_to, (self.pid, message))
         return None
+
+
+class GlobalFinder(otp.LoopActor):
+    """Answers a name with what the cluster-wide registry says in this process."""
+
+    pykka_registry = False
+
+    def on_receive(self, message: Any) -> Any:
+        from otp import global_names
+
+        return global_names.whereis(message)

@@ -185,3 +185,34 @@ def test_a_restarted_worker_does_not_reuse_pids(workers: Node) -> None:
     with pytest.raises(pykka.ActorDeadError):
         otp.ask(old, "ghost?").get(timeout=5)
     assert otp.ask(new, "fresh").get(timeout=5) == "fresh"
+
+
+def test_global_name_is_found_everywhere_and_freed_on_death(workers: Node) -> None:
+    """A global name registered in one worker resolves in others; its owner's death frees it."""
+    from otp import global_names
+
+    echo = spawn(1, "Echo")
+    finder = spawn(2, "GlobalFinder")
+    assert global_names.register("the-echo", echo).get(timeout=5) is True
+    assert global_names.register("the-echo", finder).get(timeout=5) is False
+    assert global_names.whereis("the-echo") == echo
+    wait_until(lambda: otp.ask(finder, "the-echo").get(timeout=5) == echo,
+               what="worker 2 sees the name")
+    otp.exit(echo, "kill")
+    wait_until(lambda: global_names.whereis("the-echo") is None, what="name freed")
+    wait_until(lambda: otp.ask(finder, "the-echo").get(timeout=5) is None,
+               what="worker 2 sees it freed")
+
+
+def test_global_names_of_a_killed_worker_are_freed(workers: Node) -> None:
+    """When a worker process dies, the names of its actors are released everywhere."""
+    from otp import global_names
+
+    echo = spawn(1, "Echo")
+    finder = spawn(2, "GlobalFinder")
+    assert global_names.register("doomed", echo).get(timeout=5) is True
+    wait_until(lambda: otp.ask(finder, "doomed").get(timeout=5) == echo, what="name seen")
+    workers.workers[1].kill()
+    wait_until(lambda: global_names.whereis("doomed") is None, what="name freed here")
+    wait_until(lambda: otp.ask(finder, "doomed").get(timeout=5) is None,
+               what="name freed in worker 2")
