@@ -8,6 +8,16 @@ a checkout), else the copy shipped inside the package at `mongoose/default_confi
 through importlib.resources so it is found from an installed wheel as well as from source. The
 two copies are kept identical by a test; the package copy exists so an installed `mongoose`
 starts with no files around it.
+
+Running in the background: `start` spawns `foreground` detached from the terminal (a new
+session, stdin /dev/null, stdout and stderr appended to `<data_dir>/mongoose.log`), waits
+until the node has written its pid to `<data_dir>/mongoose.pid` -- which it does once it
+is up -- and prints that pid. `stop` sends the pid in the pidfile SIGTERM and waits until
+the process is gone; the node removes the pidfile itself as it stops. `status` tells
+whether the pidfile names a live node. A pidfile whose process is gone (a node killed
+outright), or is no longer a mongoose node (its pid reused), is stale: reported, and
+removed by `stop`. The node keeps the working directory it was started from, so a
+relative `data_dir` means the same directory to every command run from there.
 """
 
 from __future__ import annotations
@@ -15,7 +25,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -27,6 +40,12 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 CHECKOUT_CONFIG = Path("config/mongooseim.toml")
+PIDFILE_NAME = "mongoose.pid"
+LOGFILE_NAME = "mongoose.log"
+DEFAULT_START_TIMEOUT = 30.0
+DEFAULT_STOP_TIMEOUT = 30.0
+LOG_TAIL_LINES = 20
+_POLL = 0.05  # seconds between looks at the pidfile or the process
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +68,84 @@ def load_config(path: str | None) -> config.Config:
         return config.load(default)
 
 
-def cmd_foreground(args: argparse.Namespace) -> int:
+def _load_or_report(path: str | None) -> config.Config | None:
     try:
-        cfg = load_config(args.config)
+        return load_config(path)
     except config.ConfigError as e:
         print(f"mongoose: {e}", file=sys.stderr)
+        return None
+
+
+def pidfile_path(cfg: config.Config) -> Path:
+    """Where the node of this config writes its pid: `<data_dir>/mongoose.pid`."""
+    return Path(cfg.general.data_dir) / PIDFILE_NAME
+
+
+def read_pidfile(path: Path) -> int | None:
+    """The pid in the pidfile, None if there is none; ValueError if it is garbage."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    pid = int(text.strip())
+    if pid <= 0:
+        raise ValueError(f"not a pid: {pid}")
+    return pid
+
+
+def process_running(pid: int) -> bool:
+    """True if process `pid` exists and has not exited (a zombie has)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: it exists
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux), or gone this instant: kill(0) said it was there
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def is_mongoose_node(pid: int) -> bool:
+    """True if `pid` runs and, where /proc tells, runs mongoose (not a reused pid)."""
+    if not process_running(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"mongoose" in cmdline
+
+
+def node_state(path: Path) -> tuple[str, int | None]:
+    """("running", pid), ("stopped", None) when there is no pidfile, or ("stale", pid):
+    a pidfile whose process is gone or is not a node (pid None: unreadable pidfile)."""
+    try:
+        pid = read_pidfile(path)
+    except (OSError, ValueError):
+        return "stale", None
+    if pid is None:
+        return "stopped", None
+    return ("running", pid) if is_mongoose_node(pid) else ("stale", pid)
+
+
+def _stale_message(path: Path, pid: int | None) -> str:
+    if pid is None:
+        return f"the pidfile {path} does not hold a pid"
+    return f"the pidfile {path} names pid {pid}, which is not a running node"
+
+
+def cmd_foreground(args: argparse.Namespace) -> int:
+    cfg = _load_or_report(args.config)
+    if cfg is None:
+        return EXIT_FAILURE
+    pidfile = pidfile_path(cfg)
+    state, pid = node_state(pidfile)
+    if state == "running" and pid != os.getpid():
+        print(f"mongoose: a node is already running with pid {pid} (pidfile {pidfile})",
+              file=sys.stderr)
         return EXIT_FAILURE
     logs.setup(cfg.general.loglevel, args.log_format)
     log.info(
@@ -64,10 +156,176 @@ def cmd_foreground(args: argparse.Namespace) -> int:
     from supervisors import node
 
     try:
-        return node.run(cfg)
+        return node.run(cfg, pidfile)
     except Exception:
         log.critical("node crashed", exc_info=True, extra={"what": "node_crashed"})
         return EXIT_FAILURE
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """Start `foreground` detached; exit 0 once its pidfile names it, printing its pid."""
+    cfg = _load_or_report(args.config)
+    if cfg is None:
+        return EXIT_FAILURE
+    pidfile = pidfile_path(cfg)
+    data_dir = pidfile.parent
+    state, pid = node_state(pidfile)
+    if state == "running":
+        print(f"mongoose: a node is already running with pid {pid} (pidfile {pidfile})",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    logfile = data_dir / LOGFILE_NAME
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"mongoose: cannot create the data directory {data_dir}: {e.strerror or e}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        log_fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    except OSError as e:
+        print(f"mongoose: cannot open the log file {logfile}: {e.strerror or e}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    log_start = os.fstat(log_fd).st_size
+    command = [sys.executable, "-m", "mongoose", "foreground", "--log-format", args.log_format]
+    if args.config is not None:
+        command += ["--config", args.config]
+    # The node must import this very package, whatever sys.path the caller had.
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    # posix_spawn rather than subprocess.Popen: the node outlives this command, and a
+    # Popen object that is never waited for warns when it is collected.
+    try:
+        child = os.posix_spawn(
+            sys.executable,
+            command,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsid=True,
+        )
+    except OSError as e:
+        print(f"mongoose: cannot start the node: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        os.close(log_fd)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            if read_pidfile(pidfile) == child:
+                print(child)
+                return EXIT_OK
+        done, wait_status = os.waitpid(child, os.WNOHANG)
+        if done:
+            status = os.waitstatus_to_exitcode(wait_status)
+            print(f"mongoose: the node exited with status {status} while starting; "
+                  f"{_log_tail(logfile, log_start)}", file=sys.stderr)
+            return EXIT_FAILURE
+        if time.monotonic() > deadline:
+            _stop_child(child)
+            print(f"mongoose: the node was not up within {args.timeout:g} s; stopped it; "
+                  f"{_log_tail(logfile, log_start)}", file=sys.stderr)
+            return EXIT_FAILURE
+        time.sleep(_POLL)
+
+
+def _stop_child(pid: int) -> None:
+    """SIGTERM our child `pid`, SIGKILL it if it is still there after the stop timeout,
+    and reap it."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + DEFAULT_STOP_TIMEOUT
+    while os.waitpid(pid, os.WNOHANG)[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return
+        time.sleep(_POLL)
+
+
+def _log_tail(logfile: Path, offset: int) -> str:
+    """The last lines the node wrote to `logfile` since `offset`, as a message part."""
+    try:
+        with open(logfile, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
+    except OSError as e:
+        return f"cannot read {logfile}: {e.strerror or e}"
+    lines = text.splitlines()[-LOG_TAIL_LINES:]
+    if not lines:
+        return f"nothing in {logfile}"
+    return f"last lines of {logfile}:\n" + "\n".join(lines)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """SIGTERM the node of the pidfile and wait until it is gone."""
+    cfg = _load_or_report(args.config)
+    if cfg is None:
+        return EXIT_FAILURE
+    pidfile = pidfile_path(cfg)
+    state, pid = node_state(pidfile)
+    if state == "stopped":
+        print(f"mongoose: no node is running (no pidfile {pidfile})", file=sys.stderr)
+        return EXIT_FAILURE
+    if state == "stale" or pid is None:
+        try:
+            pidfile.unlink()
+            done = "removed it"
+        except OSError as e:
+            done = f"cannot remove it: {e.strerror or e}"
+        print(f"mongoose: no node is running: {_stale_message(pidfile, pid)}; {done}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass  # it went away on its own just now
+    except PermissionError as e:
+        print(f"mongoose: cannot signal the node (pid {pid}): {e.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    deadline = time.monotonic() + args.timeout
+    while process_running(pid):
+        if time.monotonic() > deadline:
+            print(f"mongoose: the node (pid {pid}) did not stop within {args.timeout:g} s",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+        time.sleep(_POLL)
+    with contextlib.suppress(OSError, ValueError):
+        if read_pidfile(pidfile) == pid:  # it died without cleaning up
+            pidfile.unlink()
+    print(f"mongoose: node stopped (pid {pid})")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 and say so if the node of the pidfile runs, else exit 1."""
+    cfg = _load_or_report(args.config)
+    if cfg is None:
+        return EXIT_FAILURE
+    pidfile = pidfile_path(cfg)
+    state, pid = node_state(pidfile)
+    if state == "running":
+        print(f"mongoose: node running (pid {pid})")
+        return EXIT_OK
+    if state == "stale":
+        print(f"mongoose: no node is running: {_stale_message(pidfile, pid)}")
+    else:
+        print("mongoose: no node is running")
+    return EXIT_FAILURE
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,13 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
-    node_options = argparse.ArgumentParser(add_help=False)
-    node_options.add_argument(
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument(
         "--config",
         metavar="PATH",
         help="config file (default: config/mongooseim.toml in the working directory if it "
         "exists, else the default shipped with the package)",
     )
+    node_options = argparse.ArgumentParser(add_help=False, parents=[config_option])
     node_options.add_argument(
         "--log-format",
         choices=logs.FORMATS,
@@ -103,11 +362,46 @@ def build_parser() -> argparse.ArgumentParser:
     start = commands.add_parser(
         "start",
         parents=[node_options],
-        help="start the node (for now the same as foreground)",
-        description="Start the node. For now this is the same as foreground: the node runs "
-        "attached to the terminal until Ctrl-C or SIGTERM.",
+        help="start the node in the background and print its pid",
+        description="Start the node in the background, detached from the terminal, logging "
+        "to <data_dir>/mongoose.log. Returns once the node is up (it has written "
+        "<data_dir>/mongoose.pid) and prints its pid; exits 1 with the log's last lines if "
+        "it fails to come up.",
     )
-    start.set_defaults(func=cmd_foreground)
+    start.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=DEFAULT_START_TIMEOUT,
+        help=f"how long to wait for the node to be up (default {DEFAULT_START_TIMEOUT:g})",
+    )
+    start.set_defaults(func=cmd_start)
+
+    stop = commands.add_parser(
+        "stop",
+        parents=[config_option],
+        help="stop the running node",
+        description="Stop the node named by <data_dir>/mongoose.pid: send it SIGTERM and "
+        "wait until it has stopped. Exits 1 if no node is running or it does not stop in "
+        "time.",
+    )
+    stop.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=DEFAULT_STOP_TIMEOUT,
+        help=f"how long to wait for the node to stop (default {DEFAULT_STOP_TIMEOUT:g})",
+    )
+    stop.set_defaults(func=cmd_stop)
+
+    status = commands.add_parser(
+        "status",
+        parents=[config_option],
+        help="tell whether the node is running",
+        description="Tell whether the node named by <data_dir>/mongoose.pid is running: "
+        "exit 0 if it is, 1 if not (also for a stale pidfile).",
+    )
+    status.set_defaults(func=cmd_status)
     return parser
 
 

@@ -7,6 +7,12 @@ SIGTERM or SIGINT (Ctrl-C). Then it stops the tree the OTP way -- children right
 each within its shutdown time -- logs ``node_stopped`` and returns exit code 0. A
 second signal during the stop is ignored: the stop is bounded by the shutdown times.
 
+Pidfile: given ``pidfile`` (the CLI passes ``<data_dir>/mongoose.pid``), the node creates
+its directory (mode 0700) if missing before it starts, writes its OS pid there once it is
+up (atomically: a reader sees no file or the whole pid), and removes the file when it
+stops -- unless the file names another process by then. ``mongoose start`` waits for the
+file, ``mongoose stop`` reads it; only a node killed outright leaves it behind (stale).
+
 The tree grows with the issues that add its parts (see shared/DESIGN.md): the worker
 processes, instrumentation, cluster membership and the admin endpoint become children of
 ``node_sup``. Today it holds the node status actor.
@@ -18,10 +24,13 @@ processes, instrumentation, cluster membership and the admin endpoint become chi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import time
 from functools import partial
+from pathlib import Path
 
 import otp
 from mongoose.config import Config
@@ -29,7 +38,7 @@ from mongoose.status import NodeStatus
 from otp import scheduler as scheduler_mod
 from otp.supervisor import ChildSpec, Supervisor
 
-__all__ = ["node_sup_children", "run"]
+__all__ = ["node_sup_children", "remove_pidfile", "run", "write_pidfile"]
 
 log = logging.getLogger("mongoose.node")
 
@@ -45,18 +54,55 @@ def node_sup_children(config: Config) -> list[ChildSpec]:
     ]
 
 
-def run(config: Config) -> int:
-    """Run the node until SIGTERM/SIGINT; returns the process exit code."""
+def run(config: Config, pidfile: str | os.PathLike[str] | None = None) -> int:
+    """Run the node until SIGTERM/SIGINT; returns the process exit code.
+
+    With ``pidfile``, the node's OS pid is written there once it is up and removed at
+    the end (see the module docstring).
+    """
+    path = Path(pidfile) if pidfile is not None else None
+    if path is not None:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            log.critical(
+                "cannot create the data directory",
+                extra={"what": "node_start_failed", "reason": f"{path.parent}: {error}"},
+            )
+            return 1
     scheduler = scheduler_mod.Scheduler(node=config.general.node_name, worker=0)
     scheduler_mod.install(scheduler)
     try:
-        return scheduler.run(_main(config, scheduler))
+        return scheduler.run(_main(config, scheduler, path))
     finally:
+        if path is not None:
+            remove_pidfile(path)
         scheduler_mod.uninstall(scheduler)
         scheduler.loop.close()
 
 
-async def _main(config: Config, scheduler: scheduler_mod.Scheduler) -> int:
+def write_pidfile(path: Path) -> None:
+    """Write this process's pid to ``path``, replacing the file atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def remove_pidfile(path: Path) -> None:
+    """Remove ``path`` if it holds this process's pid (a newer node's file stays)."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()
+
+
+async def _main(
+    config: Config, scheduler: scheduler_mod.Scheduler, pidfile: Path | None = None
+) -> int:
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -80,8 +126,21 @@ async def _main(config: Config, scheduler: scheduler_mod.Scheduler) -> int:
             "hosts": list(config.general.hosts),
             "pid": str(node_sup.pid),
             "start_ms": round((time.monotonic() - started) * 1000, 1),
+            "os_pid": os.getpid(),
+            "pidfile": str(pidfile) if pidfile is not None else None,
         },
     )
+    # Last: whoever sees the pidfile may rely on the node being up and logged so.
+    if pidfile is not None:
+        try:
+            write_pidfile(pidfile)
+        except OSError as error:
+            log.critical(
+                "cannot write the pidfile",
+                extra={"what": "node_start_failed", "reason": f"{pidfile}: {error}"},
+            )
+            await node_sup.stop(block=False)
+            return 1
     await stop_requested.wait()
     log.info("node is stopping", extra={"what": "node_stopping"})
     await node_sup.stop(block=False)

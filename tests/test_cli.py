@@ -72,11 +72,11 @@ def test_usage_errors_exit_2(tmp_path, args):
     assert "usage: mongoose" in result.stderr
 
 
-def test_help_exits_0_and_says_start_is_foreground(tmp_path):
+def test_help_exits_0_and_lists_start(tmp_path):
     """--help exits 0 and says that start is, for now, foreground."""
     top = mongoose("--help", cwd=tmp_path)
     assert top.returncode == 0
-    assert "same as foreground" in top.stdout
+    assert "in the background" in top.stdout
     start = mongoose("start", "--help", cwd=tmp_path)
     assert start.returncode == 0
     assert "--config" in start.stdout
