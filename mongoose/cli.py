@@ -156,7 +156,7 @@ def cmd_foreground(args: argparse.Namespace) -> int:
     from supervisors import node
 
     try:
-        return node.run(cfg, pidfile)
+        return node.run(cfg, pidfile, log_format=args.log_format)
     except Exception:
         log.critical("node crashed", exc_info=True, extra={"what": "node_crashed"})
         return EXIT_FAILURE

@@ -1,19 +1,20 @@
-"""The node's status actor: what `mongoose status` and the shell will ask a live node.
+"""Status actors: what `mongoose status` and the shell ask a live node and its workers.
 
-Registered as ``node_status`` under the node supervisor. It answers ``"status"`` with
-plain data (node name, pid, uptime, the scheduler's counts) and never blocks: every
-figure is read from memory on the loop.
+``NodeStatus`` runs in the root process (registered as ``node_status``), ``WorkerStatus``
+in each worker (registered as ``worker_status``). Both answer ``"status"`` with plain
+data and never block: every figure is read from memory on the loop.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
 import otp
 
-__all__ = ["NAME", "NodeStatus"]
+__all__ = ["NAME", "NodeStatus", "WorkerStatus"]
 
 NAME = "node_status"
 
@@ -47,3 +48,23 @@ class NodeStatus(otp.LoopActor):
             "actors": stats["actors"],
             "run_queue": stats["run_queue"],
         }
+
+
+class WorkerStatus(otp.LoopActor):
+    """Answers ``"status"`` with plain data about this worker process."""
+
+    def on_start(self) -> None:
+        self.started_at = time.monotonic()
+        otp.register("worker_status", self.pid)
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "status":
+            scheduler = otp.current()
+            return {
+                "node": scheduler.node,
+                "worker": scheduler.worker,
+                "os_pid": os.getpid(),
+                "uptime_s": round(time.monotonic() - self.started_at, 3),
+                **scheduler.statistics(),
+            }
+        return super().on_receive(message)

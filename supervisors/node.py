@@ -13,12 +13,20 @@ up (atomically: a reader sees no file or the whole pid), and removes the file wh
 stops -- unless the file names another process by then. ``mongoose start`` waits for the
 file, ``mongoose stop`` reads it; only a node killed outright leaves it behind (stale).
 
-The tree grows with the issues that add its parts (see shared/DESIGN.md): the worker
-processes, instrumentation, cluster membership and the admin endpoint become children of
-``node_sup``. Today it holds the node status actor.
+Cluster: before the tree starts, the root joins the node's mesh (:class:`otp.node.Runtime`):
+it binds an ipc socket in a fresh private directory (mode 0700, removed at stop) for its
+workers and a tcp socket on ``cluster.host:cluster.port`` for other nodes, CURVE-keyed
+with ``cluster.keys_file`` (generated on first start when missing, mode 0600; every node
+of a cluster needs the same file). Once the tree is up it joins ``cluster.seeds``. At
+stop, the tree goes first (workers leave the mesh as they stop), then the root tells the
+other nodes it leaves, so they see its pids go down at once.
+
+The tree grows with the issues that add its parts (see shared/DESIGN.md): instrumentation,
+cluster membership services and the admin endpoint become children of ``node_sup``.
 
     node_sup (one_for_one)
       node_status    answers status queries (mongoose.status)
+      workers_sup    the worker OS processes 1..W (supervisors.workers)
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -35,15 +45,25 @@ from pathlib import Path
 import otp
 from mongoose.config import Config
 from mongoose.status import NodeStatus
+from otp import curve
 from otp import scheduler as scheduler_mod
+from otp.dist import new_creation
+from otp.node import Runtime
 from otp.supervisor import ChildSpec, Supervisor
+from supervisors.workers import worker_count, workers_sup_spec
 
-__all__ = ["node_sup_children", "remove_pidfile", "run", "write_pidfile"]
+__all__ = ["cluster_keys", "node_sup_children", "remove_pidfile", "run", "write_pidfile"]
 
 log = logging.getLogger("mongoose.node")
 
 
-def node_sup_children(config: Config) -> list[ChildSpec]:
+def node_sup_children(
+    config: Config,
+    runtime: Runtime,
+    *,
+    keys_file: str | None,
+    log_format: str = "json",
+) -> list[ChildSpec]:
     """The child specs of ``node_sup``, left to right (start order)."""
     general = config.general
     return [
@@ -51,10 +71,34 @@ def node_sup_children(config: Config) -> list[ChildSpec]:
             id="node_status",
             start=partial(NodeStatus.start, general.node_name, general.hosts),
         ),
+        workers_sup_spec(
+            runtime,
+            worker_count(general.workers),
+            keys_file=keys_file,
+            log_format=log_format,
+            log_level=general.loglevel,
+        ),
     ]
 
 
-def run(config: Config, pidfile: str | os.PathLike[str] | None = None) -> int:
+def cluster_keys(config: Config) -> tuple[curve.CurveKeys, str]:
+    """The cluster's CURVE keys and their file; generated on first start if missing."""
+    path = Path(config.cluster.keys_file)
+    if not path.is_absolute():
+        path = Path(config.general.data_dir) / path
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        curve.save(curve.generate(), path)
+        log.warning(
+            "generated new cluster keys; copy this file to every node of the cluster",
+            extra={"what": "cluster_keys_generated", "path": str(path)},
+        )
+    return curve.load(path), str(path.resolve())
+
+
+def run(
+    config: Config, pidfile: str | os.PathLike[str] | None = None, log_format: str = "json"
+) -> int:
     """Run the node until SIGTERM/SIGINT; returns the process exit code.
 
     With ``pidfile``, the node's OS pid is written there once it is up and removed at
@@ -70,10 +114,20 @@ def run(config: Config, pidfile: str | os.PathLike[str] | None = None) -> int:
                 extra={"what": "node_start_failed", "reason": f"{path.parent}: {error}"},
             )
             return 1
-    scheduler = scheduler_mod.Scheduler(node=config.general.node_name, worker=0)
+    try:
+        keys, keys_file = cluster_keys(config)
+    except (OSError, ValueError) as error:
+        log.critical(
+            "cannot read the cluster keys",
+            extra={"what": "node_start_failed", "reason": str(error)},
+        )
+        return 1
+    scheduler = scheduler_mod.Scheduler(
+        node=config.general.node_name, worker=0, creation=new_creation()
+    )
     scheduler_mod.install(scheduler)
     try:
-        return scheduler.run(_main(config, scheduler, path))
+        return scheduler.run(_main(config, scheduler, path, keys, keys_file, log_format))
     finally:
         if path is not None:
             remove_pidfile(path)
@@ -101,14 +155,60 @@ def remove_pidfile(path: Path) -> None:
 
 
 async def _main(
-    config: Config, scheduler: scheduler_mod.Scheduler, pidfile: Path | None = None
+    config: Config,
+    scheduler: scheduler_mod.Scheduler,
+    pidfile: Path | None,
+    keys: curve.CurveKeys,
+    keys_file: str,
+    log_format: str,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, signum, stop_requested)
     started = time.monotonic()
-    node_sup = Supervisor.start(strategy="one_for_one", children=node_sup_children(config))
+    cluster = config.cluster
+    ipc_dir = tempfile.mkdtemp(prefix="mongoose-")  # mode 0700
+    runtime = Runtime(
+        scheduler,
+        ipc_dir=ipc_dir,
+        tcp_host=cluster.host,
+        tcp_port=cluster.port,
+        keys=keys,
+        heartbeat_interval=cluster.heartbeat_interval,
+        node_timeout=cluster.node_timeout,
+    )
+    try:
+        await runtime.start()
+    except Exception as error:
+        shutil.rmtree(ipc_dir, ignore_errors=True)
+        log.critical(
+            "cannot open the cluster sockets",
+            extra={"what": "node_start_failed", "reason": f"{error!r}"},
+        )
+        return 1
+    try:
+        return await _serve(
+            config, scheduler, runtime, pidfile, keys_file, log_format, started,
+            stop_requested,
+        )
+    finally:
+        runtime.close()
+        shutil.rmtree(ipc_dir, ignore_errors=True)
+
+
+async def _serve(
+    config: Config,
+    scheduler: scheduler_mod.Scheduler,
+    runtime: Runtime,
+    pidfile: Path | None,
+    keys_file: str,
+    log_format: str,
+    started: float,
+    stop_requested: asyncio.Event,
+) -> int:
+    children = node_sup_children(config, runtime, keys_file=keys_file, log_format=log_format)
+    node_sup = Supervisor.start(strategy="one_for_one", children=children)
     try:
         await otp.started(node_sup)
     except otp.StartError as error:
@@ -118,6 +218,8 @@ async def _main(
         )
         return 1
     otp.register("node_sup", node_sup.pid)
+    if config.cluster.seeds:
+        runtime.dist.join(f"tcp://{seed}" for seed in config.cluster.seeds)
     log.info(
         "node is up",
         extra={
@@ -128,6 +230,9 @@ async def _main(
             "start_ms": round((time.monotonic() - started) * 1000, 1),
             "os_pid": os.getpid(),
             "pidfile": str(pidfile) if pidfile is not None else None,
+            "cluster_address": runtime.tcp_address(),
+            "workers": worker_count(config.general.workers),
+            "seeds": list(config.cluster.seeds),
         },
     )
     # Last: whoever sees the pidfile may rely on the node being up and logged so.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from dist_harness import TestNode
 from helpers import ProbeHandle
 
 
@@ -14,3 +15,11 @@ def probe() -> Iterator[ProbeHandle]:
     handle = ProbeHandle()
     yield handle
     handle.stop()
+
+
+@pytest.fixture(scope="session")
+def test_node() -> Iterator[TestNode]:
+    """This test process as the root of node test@localhost (made on first use)."""
+    node = TestNode()
+    yield node
+    node.close()

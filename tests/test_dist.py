@@ -7,94 +7,28 @@ workers are. Cross-node behaviour is in test_cluster.py.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pykka
 import pytest
+from dist_harness import NODE, TestNode
 from helpers import ProbeHandle, wait_until
 
 import otp
 from otp.dist import spawn_on
-from otp.node import READY_LINE, Runtime
 
 pytestmark = pytest.mark.timeout(60)
 
-NODE = "test@localhost"
-TESTS = Path(__file__).resolve().parent
-ROOT_DIR = TESTS.parent
-
-
-class Node:
-    """This process as the root of a node, plus the worker processes a test starts."""
-
-    def __init__(self) -> None:
-        scheduler = otp.current()
-        scheduler.rename(NODE)
-        self.scheduler = scheduler
-        self.ipc_dir = tempfile.mkdtemp(prefix="otp-test-")
-        self.runtime = Runtime(scheduler, ipc_dir=self.ipc_dir, tcp_host=None)
-        asyncio.run_coroutine_threadsafe(self.runtime.start(), scheduler.loop).result(10)
-        self.dist = self.runtime.dist
-        self.workers: dict[int, subprocess.Popen[str]] = {}
-
-    def start_worker(self, n: int) -> subprocess.Popen[str]:
-        """Start worker ``n`` and wait until this root knows it."""
-        env = dict(os.environ, PYTHONPATH=f"{TESTS}{os.pathsep}{ROOT_DIR}")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "otp.worker", "--node", NODE, "--worker", str(n),
-             "--ipc-dir", self.ipc_dir, "--root", self.runtime.ipc_address,
-             "--tcp-host", "", "--log-format", "text", "--log-level", "warning"],
-            stdout=subprocess.PIPE, env=env, text=True,
-        )
-        assert proc.stdout is not None
-        assert READY_LINE in proc.stdout.readline()
-        self.workers[n] = proc
-        threading.Thread(target=self._watch, args=(n, proc), daemon=True).start()
-        wait_until(lambda: (NODE, n) in self.scheduler.run_sync(self.dist.processes),
-                   what=f"worker {n} in the view")
-        return proc
-
-    def _watch(self, n: int, proc: subprocess.Popen[str]) -> None:
-        proc.wait()
-        # What the node's supervisor of worker processes does when one exits.
-        self.scheduler.call_soon(self.dist.worker_lost, n)
-
-    def stop_workers(self) -> None:
-        for proc in self.workers.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.workers.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.workers.clear()
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[Node]:
-    """This process as node test@localhost's root."""
-    yield Node()
-
-
 @pytest.fixture
-def workers(node: Node) -> Iterator[Node]:
+def workers(test_node: TestNode) -> Iterator[TestNode]:
     """Two worker processes, 1 and 2, stopped after the test."""
+    node = test_node
     node.start_worker(1)
     node.start_worker(2)
     yield node
     node.stop_workers()
-    wait_until(lambda: node.scheduler.run_sync(node.dist.processes) == [(NODE, 0)],
+    wait_until(lambda: (NODE, 1) not in node.processes() and (NODE, 2) not in node.processes(),
                what="workers gone from the view")
 
 
@@ -102,7 +36,9 @@ def spawn(worker: int, cls: str, *args: Any) -> otp.Pid:
     return spawn_on((NODE, worker), f"dist_actors:{cls}", *args).get(timeout=10)
 
 
-def test_ask_and_tell_reach_an_actor_in_another_worker(workers: Node, probe: ProbeHandle) -> None:
+def test_ask_and_tell_reach_an_actor_in_another_worker(
+    workers: TestNode, probe: ProbeHandle
+) -> None:
     """ask returns the remote actor's answer; tell through a forwarder comes back."""
     echo = spawn(1, "Echo")
     assert echo.node == NODE and echo.worker == 1
@@ -113,7 +49,7 @@ def test_ask_and_tell_reach_an_actor_in_another_worker(workers: Node, probe: Pro
     assert probe.next() == (forwarder, "ping")
 
 
-def test_remote_ask_failures_come_back(workers: Node) -> None:
+def test_remote_ask_failures_come_back(workers: TestNode) -> None:
     """An exception in the remote handler, or a dead pid, fails the ask."""
     echo = spawn(1, "Echo")
     with pytest.raises(otp.codec.RemoteError, match="RuntimeError: nope"):
@@ -123,7 +59,7 @@ def test_remote_ask_failures_come_back(workers: Node) -> None:
         otp.ask(dead, "anyone").get(timeout=5)
 
 
-def test_order_is_kept_per_sender_for_100k_messages(workers: Node, probe: ProbeHandle) -> None:
+def test_order_is_kept_per_sender_for_100k_messages(workers: TestNode, probe: ProbeHandle) -> None:
     """100,000 messages from senders in two workers arrive in each sender's order."""
     senders = [spawn(1, "Sender"), spawn(2, "Sender"), spawn(2, "Sender")]
     n = 100_000 // len(senders)
@@ -137,7 +73,9 @@ def test_order_is_kept_per_sender_for_100k_messages(workers: Node, probe: ProbeH
     assert next_expected == [n] * len(senders)
 
 
-def test_monitor_across_workers_fires_with_the_reason(workers: Node, probe: ProbeHandle) -> None:
+def test_monitor_across_workers_fires_with_the_reason(
+    workers: TestNode, probe: ProbeHandle
+) -> None:
     """A monitor on a remote pid gets Down with the remote crash's reason."""
     echo = spawn(1, "Echo")
     mref = probe.monitor(echo)
@@ -147,7 +85,7 @@ def test_monitor_across_workers_fires_with_the_reason(workers: Node, probe: Prob
     assert probe.down(mref) == "noproc"
 
 
-def test_link_across_workers_propagates_exits(workers: Node, probe: ProbeHandle) -> None:
+def test_link_across_workers_propagates_exits(workers: TestNode, probe: ProbeHandle) -> None:
     """A trapping actor linked to a remote actor gets Exit when it crashes."""
     linker = spawn(2, "Linker", probe.pid)
     echo = spawn(1, "Echo")
@@ -159,7 +97,7 @@ def test_link_across_workers_propagates_exits(workers: Node, probe: ProbeHandle)
     assert "linked crash" in str(message.reason)
 
 
-def test_a_killed_worker_fires_noconnection(workers: Node, probe: ProbeHandle) -> None:
+def test_a_killed_worker_fires_noconnection(workers: TestNode, probe: ProbeHandle) -> None:
     """kill -9 of a worker: monitors fire noconnection, links get it, asks fail."""
     victim = spawn(1, "Echo")
     linker = spawn(2, "Linker", probe.pid)
@@ -173,12 +111,11 @@ def test_a_killed_worker_fires_noconnection(workers: Node, probe: ProbeHandle) -
         otp.ask(victim, "still there?").get(timeout=5)
 
 
-def test_a_restarted_worker_does_not_reuse_pids(workers: Node) -> None:
+def test_a_restarted_worker_does_not_reuse_pids(workers: TestNode) -> None:
     """After a worker restarts, an old pid of it reaches nothing; new pids work."""
     old = spawn(1, "Echo")
     workers.workers[1].kill()
-    wait_until(lambda: (NODE, 1) not in workers.scheduler.run_sync(workers.dist.processes),
-               what="worker 1 gone")
+    wait_until(lambda: (NODE, 1) not in workers.processes(), what="worker 1 gone")
     workers.start_worker(1)
     new = spawn(1, "Echo")
     assert new != old
@@ -187,7 +124,7 @@ def test_a_restarted_worker_does_not_reuse_pids(workers: Node) -> None:
     assert otp.ask(new, "fresh").get(timeout=5) == "fresh"
 
 
-def test_global_name_is_found_everywhere_and_freed_on_death(workers: Node) -> None:
+def test_global_name_is_found_everywhere_and_freed_on_death(workers: TestNode) -> None:
     """A global name registered in one worker resolves in others; its owner's death frees it."""
     from otp import global_names
 
@@ -204,7 +141,7 @@ def test_global_name_is_found_everywhere_and_freed_on_death(workers: Node) -> No
                what="worker 2 sees it freed")
 
 
-def test_global_names_of_a_killed_worker_are_freed(workers: Node) -> None:
+def test_global_names_of_a_killed_worker_are_freed(workers: TestNode) -> None:
     """When a worker process dies, the names of its actors are released everywhere."""
     from otp import global_names
 
