@@ -39,11 +39,12 @@ Cluster view
     A node is described by its root in an *entry*: ``{"creation": int, "version": int,
     "procs": {worker: {"ipc": address, "tcp": address}}}``. The root is the only author of
     its node's entry and bumps ``version`` on every change (a worker started or died); a
-    copy with a higher version replaces a lower one, a higher ``creation`` (a restarted
-    node) replaces any older one. Roots exchange entries (``join``/``nodes``/``node``) and
-    push the whole view to their workers (``view``). Every process diffs each new view
-    against the old one: processes that disappeared or changed incarnation are lost
-    (``noconnection``). Peers on the same node are reached over ipc, others over tcp.
+    copy with a higher version replaces a lower one, a higher ``creation`` (the root's
+    start time, so a restarted node) replaces any older one. Roots exchange entries
+    (``join``/``nodes``/``node``) and push the whole view to their workers (``view``).
+    Every process diffs each new view against the old one: processes that disappeared
+    or changed incarnation are lost (``noconnection``). Peers on the same node are
+    reached over ipc, others over tcp.
 
 Failure detection
     A root sees its workers die at once (it supervises them as OS processes) and
@@ -143,6 +144,7 @@ class Dist:
         self._closed = False
         self.down_events = 0
         self._extra_handlers: dict[str, Any] = {}
+        self._waiting: dict[Key, list[list[Any]]] = {}
         self.on_view_changed: list[Any] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -157,7 +159,10 @@ class Dist:
             self.node, {"creation": self.creation, "version": 0, "procs": {}}
         )
         if self.is_root:
-            entry["creation"] = self.creation
+            # The entry's creation orders a node's incarnations: a restarted node must
+            # win over what others remember of its previous life, so it is a clock
+            # reading (microseconds), not the random pid base.
+            entry["creation"] = time.time_ns() // 1000
             entry["procs"][_ROOT] = own
             entry["version"] += 1
             self._timer = self.scheduler.loop.call_later(self.heartbeat_interval, self._tick)
@@ -254,6 +259,8 @@ class Dist:
         self.view = new_view
         if lost:
             self._processes_lost(lost)
+        if self._waiting:
+            self._flush_waiting()
         for hook in list(self.on_view_changed):
             try:
                 hook()
@@ -325,15 +332,72 @@ class Dist:
             self._connected[key] = address
 
     def _put(self, key: Key, item: list[Any]) -> bool:
-        """Queue ``item`` for process ``key``; False if we know no address for it."""
+        """Queue ``item`` for process ``key``.
+
+        A process missing from our view may only be missing *yet*: a pid can reach us
+        (in a message from a process with a newer view) before the view update that
+        names its process does. So items for an unknown process wait, up to
+        ``node_timeout`` seconds, for a view that names it; then they fail as sends to
+        a dead process do (:meth:`_expire_waiting`). Returns False only after
+        :meth:`close`.
+        """
         if key not in self._connected:
             address = self._address_of(key)
             if address is None:
-                return False
+                if self._closed:
+                    return False
+                waiting = self._waiting.get(key)
+                if waiting is None:
+                    waiting = self._waiting[key] = []
+                    self.scheduler.loop.call_later(
+                        self.node_timeout, self._expire_waiting, key, waiting
+                    )
+                waiting.append(item)
+                return True
             self._connect(key, address)
         assert self.transport is not None
         self.transport.send(key, item)
         return True
+
+    def _flush_waiting(self) -> None:
+        for key in [k for k in self._waiting if self._address_of(k) is not None]:
+            for item in self._waiting.pop(key):
+                self._put(key, item)
+
+    def _expire_waiting(self, key: Key, waiting: list[list[Any]]) -> None:
+        """The process ``key`` never showed up: fail what waited for it."""
+        if self._waiting.get(key) is not waiting:
+            return  # delivered meanwhile (or a newer batch is waiting)
+        del self._waiting[key]
+        for item in waiting:
+            self._undeliverable(key, item)
+
+    def _undeliverable(self, key: Key, item: list[Any]) -> None:
+        """Answer an item that cannot reach ``key`` the way a dead target would."""
+        from otp.actor import Down
+
+        kind = item[0]
+        if kind == "l":  # ["l", id, linker]: the local linker gets noproc
+            linker = self.scheduler.lookup(item[2])
+            target = Pid(key[0], key[1], item[1])
+            if linker is not None and linker._links and target in linker._links:
+                linker._links.discard(target)
+                linker._exit_signal(target, "noproc", linked=True)
+        elif kind == "M":  # ["M", id, watcher, mref]: the local watcher gets Down noproc
+            watcher = self.scheduler.lookup(item[2])
+            if watcher is not None:
+                if watcher._monitors:
+                    watcher._monitors.pop(item[3], None)
+                watcher.actor_inbox.put(
+                    Envelope(Down(item[3], Pid(key[0], key[1], item[1]), "noproc"))
+                )
+        elif kind in ("a", "spawn"):  # the asker's future fails
+            pending = self._pending.pop(item[-1], None)
+            if pending is not None:
+                pending[0].set_exception(
+                    (ActorDeadError, ActorDeadError(f"no process {key[0]}.{key[1]}"), None)
+                )
+        # Anything else is a send or a signal to a process that never was: dropped.
 
     def send(self, pid: Pid, message: Any) -> None:
         """Send to a pid of another process (dropped if that process is unknown)."""

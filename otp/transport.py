@@ -26,11 +26,12 @@ Batching
     :meth:`Transport.send` appends the item to the peer's batch; the first send of a
     loop turn schedules one flush with ``loop.call_soon``. The flush encodes each peer's
     batch with ``otp.codec.dumps(list_of_items)`` into one frame (split every
-    :attr:`Transport.max_batch` items) and sends it without blocking. A ZeroMQ frame costs
-    1.5-2.4 us of CPU alone; one frame of 100 items costs about as much as one item
-    encoded, so under load the cost per item falls to that of msgpack. At low load a
-    batch holds one item and the cost is the frame's, with no added latency: the flush
-    runs in the same loop turn, after the callbacks already queued.
+    :attr:`Transport.max_batch` items) and sends it without blocking. A frame costs a few
+    microseconds of CPU to send and to receive, an item in a frame a fraction of one
+    beyond its encoding, so under load, when batches grow, the cost per item falls
+    towards that of msgpack. At low load a batch holds one item and the cost is the
+    frame's, with no timer and no added wait: the flush runs in the loop's next round of
+    callbacks, which does not sleep since it has work.
 
     An item that ``dumps`` refuses (a type the codec does not know) is found when its
     batch is encoded: the batch is then encoded item by item, the bad items are dropped,
@@ -50,11 +51,15 @@ Ordering
     (high-water mark, below) leave a gap in the sequence, without reordering. A lost
     connection that ZeroMQ re-establishes by itself (a TCP reset, a peer's restart at the
     same address) loses what was in the kernel's buffers and the peer's queue, and later
-    frames follow: again a gap. :meth:`Transport.connect` to a new address for a peer (a
-    restarted worker) or :meth:`Transport.disconnect` discards what was queued for the old
-    socket; nothing sent before can arrive after something sent later, but there is no
-    guarantee that anything queued before arrives at all. The peer events (below) tell the
-    distribution layer when a connection was lost, so it can report ``noconnection``.
+    frames follow: again a gap -- and after a restart at the same address, frames queued
+    for the old process reach the new one. :meth:`Transport.connect` to a new address (a
+    restarted worker) or :meth:`Transport.disconnect` discards what was queued for the
+    old socket, so nothing meant for the old process reaches the new one from this
+    queue; but moving a *live* peer to another of its addresses can let frames still in
+    flight on the old path arrive after the first ones on the new path. The peer events
+    (below) tell the distribution layer when a connection was lost, so it can report
+    ``noconnection`` and reconnect; telling a restarted process from its predecessor
+    (Erlang's creation number) is its job too.
 
 High-water marks: sends never block, overload drops
     Erlang's send never blocks the sender, and one dead or slow peer must not stall the
@@ -65,10 +70,13 @@ High-water marks: sends never block, overload drops
     ``zmq.Again``, and the frame is dropped: its items are added to the ``dropped``
     counters (total and per peer) and a warning (``what=transport_dropped``, with the
     number of items dropped since the previous warning) is logged at most once a second
-    per peer. Items for a peer that has no socket are dropped and counted the same way.
-    Items lost this way are lost as if the peer were partitioned away, which is the
-    failure the monitor and heartbeat layer exists to report. The sender's memory for a
-    stuck peer is bounded by ``hwm`` frames of at most :attr:`max_batch` items.
+    per peer. While a peer's queue stays full, its batches are dropped without being
+    encoded, so a stuck peer costs the sender little CPU as well as little memory. Items
+    for a peer that has no socket are dropped and counted the same way. Items lost this
+    way are lost as if the peer were partitioned away, which is the failure the monitor
+    and heartbeat layer exists to report. The sender's memory for a stuck peer is bounded
+    by ``hwm`` frames of at most :attr:`max_batch` items, and so is the receiver's for
+    each sender.
 
     ``ZMQ_LINGER`` is 0 on every socket: closing a socket or the transport discards what
     is still queued instead of waiting for a peer that may be gone, so a worker's
@@ -210,11 +218,12 @@ class _Inbound:
 
 
 class _Outbound:
-    __slots__ = ("address", "monitor", "sock", "state")
+    __slots__ = ("address", "congested", "monitor", "sock", "state")
 
     def __init__(self, sock: zmq.Socket, address: str) -> None:
         self.sock = sock
         self.address = address
+        self.congested = False  # the last send found the queue full
         self.monitor: zmq.Socket | None = None
         self.state = "connecting"
 
@@ -224,7 +233,7 @@ class Transport:
 
     Args:
         loop: the scheduler's event loop; every method runs on its thread.
-        name: this process, ``(node name, worker number)``; used in logs.
+        name: this process's own peer name, ``(node name, worker number)``.
         bind: addresses to receive on, e.g. ``["ipc:///run/x/w1", "tcp://10.0.0.5:0"]``;
             tcp port 0 picks a free port (see :attr:`addresses`).
         curve: the cluster's keypair; when given, tcp is CURVE-encrypted and only
@@ -255,7 +264,7 @@ class Transport:
         if hwm < 1:
             raise ValueError("hwm must be at least 1")
         for address in bind:
-            if _scheme(address) not in ("ipc", "tcp", "inproc"):
+            if _scheme(address) not in ("ipc", "tcp"):
                 raise ValueError(f"unsupported address {address!r}")
         self._loop = loop
         self.name = name
@@ -305,6 +314,8 @@ class Transport:
         if self._curve is not None:
             plain = [a for a in self._bind if _scheme(a) != "tcp"]
             secure = [a for a in self._bind if _scheme(a) == "tcp"]
+        if secure:
+            assert self._curve is not None
             # The ZAP handler must be in place before the CURVE socket accepts anyone.
             self._auth = AsyncioAuthenticator(ctx, log=logging.getLogger("otp.transport.zap"))
             self._auth.configure_curve_callback(ZAP_DOMAIN, _ClusterKey(self._curve.public))
@@ -322,7 +333,6 @@ class Transport:
                         )
                     bound[address] = self._bind_one(sock, address)
             if secure:
-                assert self._curve is not None
                 sock = self._pull_socket()
                 sock.curve_server = True
                 sock.curve_publickey = self._curve.public
@@ -460,9 +470,10 @@ class Transport:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._closed:
-            return
         batches = self._batches
+        if self._closed:
+            batches.clear()
+            return
         self._batches = {}
         out = self._out
         max_batch = self.max_batch
@@ -484,6 +495,10 @@ class Transport:
 
     def _send_frame(self, peer: Peer, conn: _Outbound, items: list[Any]) -> bool:
         """Send one frame; False if the peer's queue is full (the items are then dropped)."""
+        if conn.congested and not conn.sock.get(zmq.EVENTS) & zmq.POLLOUT:
+            # Still full: spare the encoding, which under overload is CPU we lack.
+            self._drop(peer, len(items), "hwm")
+            return False
         try:
             frame = dumps(items)
         except Exception:
@@ -494,8 +509,10 @@ class Transport:
         try:
             conn.sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
+            conn.congested = True
             self._drop(peer, len(items), "hwm")
             return False
+        conn.congested = False
         self._frames_sent += 1
         self._items_sent += len(items)
         return True
@@ -584,6 +601,8 @@ class Transport:
                     "on_items failed",
                     extra={"what": "transport_on_items_error", "items": n},
                 )
+            if self._closed:  # on_items closed the transport
+                return
         # Budget spent: frames may be left, and the edge-triggered FD will not say so.
         inbound.resume_scheduled = True
         self._loop.call_soon(self._on_readable, inbound, True)

@@ -70,9 +70,12 @@ class Linker(otp.LoopActor):
         self.report_to = report_to
         self.trap_exit = trap
 
-    def on_receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if isinstance(message, tuple) and message[0] == "link":
             self.link(message[1])
+            # Links to other processes are asynchronous, as in Erlang; a round trip to
+            # the target after the link request means the link is in place there.
+            await otp.ask(message[1], "ping")
             return "linked"
         if isinstance(message, tuple) and message[0] == "monitor":
             return self.monitor(message[1])

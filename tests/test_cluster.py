@@ -75,7 +75,7 @@ def two_nodes(cluster: Cluster, test_node: TestNode) -> tuple[MongooseNode, Mong
     test_node.join(a.address)
     everyone = {("a@localhost", w) for w in (0, 1, 2)} | {("b@localhost", w) for w in (0, 1, 2)}
     wait_until(lambda: everyone <= set(test_node.processes()), timeout=20,
-               what="both nodes and their workers in the view")
+               what=f"both nodes and their workers in the view {test_node.processes()}")
     return a, b
 
 
@@ -218,4 +218,4 @@ def test_global_names_across_nodes(
     b.kill()
     wait_until(lambda: otp.ask(finder, "cluster-wide").get(timeout=5) is None, timeout=10,
                what="a sees it freed")
-    assert global_names.whereis("cluster-wide") is None
+    wait_until(lambda: global_names.whereis("cluster-wide") is None, what="freed here too")
