@@ -402,7 +402,51 @@ def build_parser() -> argparse.ArgumentParser:
         "exit 0 if it is, 1 if not (also for a stale pidfile).",
     )
     status.set_defaults(func=cmd_status)
+
+    keys = commands.add_parser(
+        "keys",
+        help="manage the cluster's CURVE keys",
+        description="Manage the CURVE keypair that authenticates and encrypts traffic "
+        "between the nodes of a cluster. Every node needs the same key file.",
+    )
+    keys_commands = keys.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    generate = keys_commands.add_parser(
+        "generate",
+        parents=[config_option],
+        help="write a new keypair to cluster.keys_file (or --output)",
+        description="Write a new cluster keypair, mode 0600, to --output or to the config's "
+        "cluster.keys_file (relative to general.data_dir). Refuses to replace an existing "
+        "file unless --force is given: nodes with the old keys could no longer join.",
+    )
+    generate.add_argument("--output", metavar="PATH", help="where to write the key file")
+    generate.add_argument("--force", action="store_true", help="replace an existing file")
+    generate.set_defaults(func=cmd_keys_generate)
     return parser
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from otp import curve
+
+    if args.output:
+        path = Path(args.output)
+    else:
+        cfg = _load_or_report(args.config)
+        if cfg is None:
+            return EXIT_FAILURE
+        path = Path(cfg.cluster.keys_file)
+        if not path.is_absolute():
+            path = Path(cfg.general.data_dir) / path
+    if path.exists() and not args.force:
+        print(f"mongoose: {path} exists; use --force to replace it", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        curve.save(curve.generate(), path)
+    except OSError as error:
+        print(f"mongoose: cannot write {path}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(path)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -97,3 +97,23 @@ def test_default_config_falls_back_to_packaged_copy(tmp_path, monkeypatch):
     cfg = cli.load_config(None)
     assert cfg.general.hosts == ("localhost",)
     assert Path(cfg.source).parent.name == "default_config"
+
+
+def test_keys_generate_writes_a_private_key_file_and_refuses_to_overwrite(tmp_path):
+    """`mongoose keys generate` writes a loadable 0600 key file; a second run needs --force."""
+    import stat
+    import subprocess
+    import sys
+
+    from otp import curve
+
+    target = tmp_path / "cluster.keys"
+    command = [sys.executable, "-m", "mongoose", "keys", "generate", "--output", str(target)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert first.returncode == 0 and first.stdout.strip() == str(target)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    keys = curve.load(target)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert again.returncode == 1 and "--force" in again.stderr
+    forced = subprocess.run([*command, "--force"], capture_output=True, text=True, timeout=30)
+    assert forced.returncode == 0 and curve.load(target).public != keys.public

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,9 @@ def test_a_stopped_node_leaves_and_can_rejoin(
     _a, b = two_nodes(cluster, test_node)
     victim = spawn("b@localhost", 1, "Echo")
     worker_os_pid = otp.ask(victim, "os_pid").get(timeout=5)
+    started = [e for e in b.seen if e.get("what") == "os_process_started"]
+    ipc_dir = started[0]["argv"][started[0]["argv"].index("--ipc-dir") + 1]
+    assert stat.S_IMODE(os.stat(ipc_dir).st_mode) == 0o700  # the node's user only
     mref = probe.monitor(victim)
     b.signal(signal.SIGTERM)
     assert probe.down(mref, timeout=10) == "noconnection"
@@ -196,8 +200,6 @@ def test_a_stopped_node_leaves_and_can_rejoin(
     b.wait_for("node_stopped")
     assert b.wait() == 0
     assert not os.path.exists(f"/proc/{worker_os_pid}")
-    started = [e for e in b.seen if e.get("what") == "os_process_started"]
-    ipc_dir = started[0]["argv"][started[0]["argv"].index("--ipc-dir") + 1]
     assert not os.path.exists(ipc_dir)
     wait_until(lambda: "b@localhost" not in test_node.nodes(), what="b left")
     b.start()
