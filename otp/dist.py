@@ -281,16 +281,9 @@ class Dist:
 
     def worker_started(self, worker: int, proc: dict[str, Any]) -> None:
         """Root: a worker process said hello with its addresses."""
-        entry = dict(self.view[self.node])
-        procs = dict(entry["procs"])
-        procs[worker] = {k: v for k, v in proc.items() if k in ("ipc", "tcp", "creation")}
-        entry["procs"] = procs
-        entry["version"] += 1
-        new_view = dict(self.view)
-        new_view[self.node] = entry
-        self._install_view(new_view)
-        self._publish()
-        self._announce()
+        self._set_own_proc(
+            worker, {k: v for k, v in proc.items() if k in ("ipc", "tcp", "creation")}
+        )
         logger.info(
             "worker up",
             extra={"what": "dist_worker_up", "node": self.node, "worker": worker},
@@ -299,16 +292,20 @@ class Dist:
     def worker_lost(self, worker: int) -> None:
         """Root: a worker process died (its supervisor will start a new one)."""
         entry = self.view.get(self.node)
-        if entry is None or worker not in entry["procs"]:
-            return
-        entry = dict(entry)
+        if entry is not None and worker in entry["procs"]:
+            self._set_own_proc(worker, None)
+
+    def _set_own_proc(self, worker: int, proc: dict[str, Any] | None) -> None:
+        """Root: publish a new version of our entry with ``worker`` set (or removed)."""
+        entry = dict(self.view[self.node])
         procs = dict(entry["procs"])
-        del procs[worker]
+        if proc is None:
+            del procs[worker]
+        else:
+            procs[worker] = proc
         entry["procs"] = procs
         entry["version"] += 1
-        new_view = dict(self.view)
-        new_view[self.node] = entry
-        self._install_view(new_view)
+        self._install_view({**self.view, self.node: entry})
         self._publish()
         self._announce()
 
