@@ -11,6 +11,13 @@ The public surface is re-exported here; the modules behind it are:
 * :mod:`otp.timers` -- send_after and cancel_timer.
 * :mod:`otp.blocking` -- a thread pool for blocking work, answering on the loop.
 * :mod:`otp.supervisor` -- OTP supervisors.
+* :mod:`otp.osproc` -- an OS process as a supervised actor (a node's workers).
+* :mod:`otp.transport` and :mod:`otp.curve` -- batched ZeroMQ frames between OS
+  processes, CURVE-authenticated between nodes.
+* :mod:`otp.dist` -- pids of other processes and nodes behave like local ones; the
+  cluster view, failure detection, remote spawn.
+* :mod:`otp.node` -- the distributed runtime of one OS process; the worker's main.
+* :mod:`otp.global_names` -- cluster-wide names, like Erlang's ``global``.
 """
 
 from otp.actor import (
