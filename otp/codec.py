@@ -1,19 +1,27 @@
-"""How values cross process boundaries: msgpack with extension types.
+"""How values cross process boundaries: msgpack, with marked arrays for runtime types.
 
 This module is the single place that defines the wire form of runtime values. Plain data
-(None, bool, int, float, str, bytes, lists, dicts) is msgpack's own; runtime values that
-must survive the trip get an extension type code here:
+(None, bool, int, float, str, bytes, lists, dicts) is msgpack's own. A runtime value
+that must arrive as itself is sent as a msgpack array whose first element is a *marker*:
+an extension value with an empty payload whose code says what the array is:
 
 ====  =====================  ==========================================
-code  Python type            payload
+code  Python type            array after the marker
 ====  =====================  ==========================================
-1     :class:`otp.pid.Pid`   msgpack array ``[node, worker, id]``
-2     :class:`otp.pid.Ref`   msgpack array ``[node, worker, id]``
-3     tuple                  msgpack array of the items (tuples stay tuples)
-4     BaseException          ``[type name, message]``; arrives as
+1     :class:`otp.pid.Pid`   ``node, worker, id``
+2     :class:`otp.pid.Ref`   ``node, worker, id``
+3     tuple                  the items (tuples stay tuples)
+4     BaseException          ``type name, message``; arrives as
                              :class:`RemoteError` (or ``ActorDeadError``)
-5     a registered record    ``[record name, field values...]``
+5     a registered record    ``record name, field values...``
 ====  =====================  ==========================================
+
+Why markers rather than extension payloads: a payload must be bytes, so each tuple
+inside a message would be packed by a nested packer call from Python, and that cost
+about 2 us per tuple -- most of the cost of a message between workers. With a marker,
+the encoder's hook only turns the value into a list and msgpack packs the rest in C; the
+decoder's list hook turns marked arrays back. Nothing else may start with a marker: a
+marker decodes to a private sentinel that no sender can produce.
 
 Records are NamedTuple message types that must arrive as themselves, such as
 :class:`otp.actor.Down`, ``Exit`` and ``Reply``: :func:`register_record` gives one a name
@@ -32,6 +40,8 @@ value that cannot cross fails loudly where it was sent, not silently where it la
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -74,6 +84,7 @@ def register_record(cls: type, name: str | None = None) -> type:
     _records_by_name[name] = cls
     return cls
 
+
 _ACTOR_DEAD = f"{ActorDeadError.__module__}.{ActorDeadError.__qualname__}"
 
 
@@ -95,61 +106,116 @@ class RemoteError(Exception):
         return hash((self.type_name, self.message))
 
 
-def _default(obj: Any) -> msgpack.ExtType:
-    # NamedTuples are tuples: test the runtime types before the generic tuple case.
-    if type(obj) is Pid:
-        return msgpack.ExtType(EXT_PID, _packb(tuple(obj)))
-    if type(obj) is Ref:
-        return msgpack.ExtType(EXT_REF, _packb(tuple(obj)))
-    record = _records_by_type.get(type(obj))
+# -- encoding ---------------------------------------------------------------------------------
+
+
+def _marker(code: int) -> msgpack.ExtType:
+    return msgpack.ExtType(code, b"")
+
+
+_PID, _REF, _TUPLE, _EXCEPTION, _RECORD = map(
+    _marker, (EXT_PID, EXT_REF, EXT_TUPLE, EXT_EXCEPTION, EXT_RECORD)
+)
+
+
+def _default(obj: Any) -> list[Any]:
+    kind = type(obj)
+    if kind is tuple:  # the common case first: Erlang-style messages are tuples
+        return [_TUPLE, *obj]
+    if kind is Pid:
+        return [_PID, *obj]
+    if kind is Ref:
+        return [_REF, *obj]
+    record = _records_by_type.get(kind)
     if record is not None:
-        return msgpack.ExtType(EXT_RECORD, _packb([record, *obj]))
+        return [_RECORD, record, *obj]
     if isinstance(obj, tuple):
-        return msgpack.ExtType(EXT_TUPLE, _packb(list(obj)))
+        return [_TUPLE, *obj]
     if isinstance(obj, RemoteError):
-        return msgpack.ExtType(EXT_EXCEPTION, _packb([obj.type_name, obj.message]))
+        return [_EXCEPTION, obj.type_name, obj.message]
     if isinstance(obj, BaseException):
-        name = f"{type(obj).__module__}.{type(obj).__qualname__}"
-        return msgpack.ExtType(EXT_EXCEPTION, _packb([name, str(obj)]))
-    raise TypeError(f"cannot send a value of type {type(obj).__name__} across processes")
+        return [_EXCEPTION, f"{kind.__module__}.{kind.__qualname__}", str(obj)]
+    raise TypeError(f"cannot send a value of type {kind.__name__} across processes")
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code == EXT_PID:
-        return Pid(*msgpack.unpackb(data, ext_hook=_ext_hook, use_list=True))
-    if code == EXT_REF:
-        return Ref(*msgpack.unpackb(data, ext_hook=_ext_hook, use_list=True))
-    if code == EXT_TUPLE:
-        return tuple(msgpack.unpackb(data, ext_hook=_ext_hook, use_list=True, raw=False))
-    if code == EXT_RECORD:
-        name, *fields = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, use_list=True)
-        cls = _records_by_name.get(name)
-        if cls is None:
-            raise ValueError(f"unknown record type {name!r}")
-        return cls(*fields)
-    if code == EXT_EXCEPTION:
-        name, message = msgpack.unpackb(data, raw=False)
-        if name == _ACTOR_DEAD:
-            return ActorDeadError(message)
-        return RemoteError(name, message)
-    return msgpack.ExtType(code, data)
+class _Packers(threading.local):
+    """One reusable packer per thread (``packb`` would make a new one per call)."""
+
+    packer: msgpack.Packer | None = None
 
 
-def _packb(obj: Any) -> bytes:
-    # A small initial buffer: packb makes a new Packer per call, and extension types pack
-    # their payloads with nested calls; the default buffer made each of those cost tens
-    # of microseconds in allocation alone.
-    return msgpack.packb(
-        obj, default=_default, strict_types=True, use_bin_type=True, buf_size=256
-    )
+_packers = _Packers()
 
 
 def dumps(obj: Any) -> bytes:
     """Serialise ``obj`` for another process; raises ``TypeError`` for foreign types."""
-    return _packb(obj)
+    packer = _packers.packer
+    if packer is None:
+        packer = msgpack.Packer(
+            default=_default, strict_types=True, use_bin_type=True, autoreset=True
+        )
+    _packers.packer = None  # a packer that raised mid-way is not reused
+    data = packer.pack(obj)
+    _packers.packer = packer
+    return data
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+
+class _Mark:
+    """What a marker decodes to: a sentinel that rebuilds its array into a value."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[list[Any]], Any]) -> None:
+        self.build = build
+
+
+def _build_record(items: list[Any]) -> Any:
+    cls = _records_by_name.get(items[1])
+    if cls is None:
+        raise ValueError(f"unknown record type {items[1]!r}")
+    return cls(*items[2:])
+
+
+def _build_exception(items: list[Any]) -> BaseException:
+    name, message = items[1], items[2]
+    if name == _ACTOR_DEAD:
+        return ActorDeadError(message)
+    return RemoteError(name, message)
+
+
+_MARKS = {
+    EXT_PID: _Mark(lambda items: Pid(items[1], items[2], items[3])),
+    EXT_REF: _Mark(lambda items: Ref(items[1], items[2], items[3])),
+    EXT_TUPLE: _Mark(lambda items: tuple(items[1:])),
+    EXT_EXCEPTION: _Mark(_build_exception),
+    EXT_RECORD: _Mark(_build_record),
+}
+_MarkType = _Mark
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    mark = _MARKS.get(code)
+    if mark is None or data:
+        raise ValueError(f"unknown extension type {code}")
+    return mark
+
+
+def _list_hook(items: list[Any]) -> Any:
+    if items and items[0].__class__ is _MarkType:
+        return items[0].build(items)
+    return items
 
 
 def loads(data: bytes) -> Any:
-    """Inverse of :func:`dumps`."""
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, use_list=True,
-                           strict_map_key=False)
+    """Inverse of :func:`dumps`; raises ``ValueError`` (or msgpack's errors) on bad data."""
+    return msgpack.unpackb(
+        data,
+        ext_hook=_ext_hook,
+        list_hook=_list_hook,
+        raw=False,
+        use_list=True,
+        strict_map_key=False,
+    )

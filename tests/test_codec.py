@@ -61,3 +61,13 @@ def test_registered_records_arrive_as_themselves() -> None:
     again = codec.loads(codec.dumps(value))
     assert again[:3] == value[:3] and [type(v) for v in again[:3]] == [type(v) for v in value[:3]]
     assert type(again[3]) is tuple and again[3] == (1, 2)
+
+
+def test_unknown_extension_types_are_refused() -> None:
+    """A frame with an extension code we never send fails to decode with ValueError."""
+    import msgpack
+
+    with pytest.raises(ValueError, match="unknown extension"):
+        codec.loads(msgpack.packb([msgpack.ExtType(9, b"")]))
+    with pytest.raises(ValueError, match="unknown record"):
+        codec.loads(msgpack.packb([msgpack.ExtType(codec.EXT_RECORD, b""), "no.such.Record"]))
