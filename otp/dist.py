@@ -57,6 +57,8 @@ Failure detection
 Joining and leaving
     A root joins by sending ``join`` to seed addresses (other roots' tcp addresses); a
     seed answers with every node it knows and tells the other roots about the newcomer.
+    A root that is still alone sends its join again every heartbeat, so nodes may start
+    in any order.
     A root that stops sends ``leave`` to every other root, so they see its pids go down at
     once rather than after the heartbeat timeout.
 
@@ -667,6 +669,12 @@ class Dist:
                     extra={"what": "dist_node_down", "node": node, "silent_s": now - heard},
                 )
                 self._drop_nodes([node])
+        if self._seeds and len(self.view) == 1:
+            # Still alone: the seeds may have started after us, or lost our join while
+            # restarting. Ask again; a join to a member is harmless.
+            entry = self.view[self.node]
+            for i in range(len(self._seeds)):
+                self._put((f"seed:{self._seeds[i]}", i), ["join", self.node, entry])
         self._timer = self.scheduler.loop.call_later(self.heartbeat_interval, self._tick)
 
     def _processes_lost(self, lost: set[Key]) -> None:

@@ -122,7 +122,7 @@ class Runtime:
         if self.transport is not None:
             # Let the leave notices go out before the sockets close.
             with contextlib.suppress(Exception):
-                self.transport._flush()
+                self.transport.flush()
             self.transport.close()
         if self.scheduler.dist is self.dist:
             self.scheduler.dist = None

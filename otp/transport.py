@@ -468,6 +468,10 @@ class Transport:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    def flush(self) -> None:
+        """Send what is batched now instead of at the end of this loop turn."""
+        self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         batches = self._batches

@@ -53,7 +53,7 @@ class TestNode:
         self.keys = curve.load(self.keys_file)
         self.runtime = Runtime(
             scheduler, ipc_dir=self.ipc_dir, tcp_host="127.0.0.1", keys=self.keys,
-            heartbeat_interval=0.2, node_timeout=1.5,
+            heartbeat_interval=0.3, node_timeout=3.0,
         )
         asyncio.run_coroutine_threadsafe(self.runtime.start(), scheduler.loop).result(10)
         self.dist = self.runtime.dist
@@ -126,8 +126,8 @@ class MongooseNode:
         keys_file: str,
         seeds: list[str] = (),  # type: ignore[assignment]
         workers: int = 2,
-        heartbeat_interval: float = 0.2,
-        node_timeout: float = 1.5,
+        heartbeat_interval: float = 0.3,
+        node_timeout: float = 3.0,
     ) -> None:
         self.name = name
         self.dir = directory / name.split("@")[0]

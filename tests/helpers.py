@@ -14,15 +14,24 @@ from typing import Any
 import otp
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s."""
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 5.0, what: str | Callable[[], str] = ""
+) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s.
+
+    ``what`` describes the condition in the failure message; a callable is called at
+    the failure, so it can show the state then.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+            described = what() if callable(what) else what
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {described or predicate}"
+            )
         time.sleep(0.002)
 
 

@@ -76,7 +76,9 @@ def two_nodes(cluster: Cluster, test_node: TestNode) -> tuple[MongooseNode, Mong
     test_node.join(a.address)
     everyone = {("a@localhost", w) for w in (0, 1, 2)} | {("b@localhost", w) for w in (0, 1, 2)}
     wait_until(lambda: everyone <= set(test_node.processes()), timeout=20,
-               what=f"both nodes and their workers in the view {test_node.processes()}")
+               what=lambda: f"both nodes and their workers in the view {test_node.processes()}; "
+               f"{test_node.scheduler.run_sync(test_node.dist.statistics)}; "
+               f"{test_node.scheduler.run_sync(test_node.runtime.transport.statistics)}")
     return a, b
 
 
@@ -132,7 +134,7 @@ def test_a_silent_node_is_declared_down_by_heartbeat_and_comes_back(
     mref = probe.monitor(victim)
     b.signal(signal.SIGSTOP)
     try:
-        assert probe.down(mref, timeout=6) == "noconnection"
+        assert probe.down(mref, timeout=8) == "noconnection"
     finally:
         b.signal(signal.SIGCONT)
     wait_until(lambda: "b@localhost" in test_node.nodes(), timeout=20, what="b back")
