@@ -27,7 +27,7 @@ Wire items (lists, packed by :mod:`otp.codec`; ``id`` is a pid's number in its p
     ["l", id, sender] / ["u", id, sender] link / unlink
     ["M", id, watcher, mref]             monitor; ["D", id, mref] demonitor
     ["spawn", path, args, kwargs, reply_to, tag]   start an actor there (spawn_on)
-    ["hb", node, creation, tcp]          heartbeat, root to root
+    ["hb", node, creation, tcp, version] heartbeat, root to root
     ["hello", worker, entry]             a worker tells its root its addresses
     ["join", node, entry]                a node's root announces itself to a seed/root
     ["nodes", {node: entry}]             a root's answer to a join: every node it knows
@@ -51,8 +51,10 @@ Failure detection
     publishes a new version of its entry. Between nodes, each root sends a heartbeat to
     every other root each ``heartbeat_interval`` seconds and declares a node down after
     ``node_timeout`` seconds without one (default 1 s and 4 s: down within 5 s). A
-    heartbeat from a node not in the view (it restarted, or a netsplit healed) makes the
-    two roots exchange entries again, so the cluster re-forms by itself.
+    heartbeat from a node not in the view (it restarted, or a netsplit healed), or one
+    that carries a newer version of the sender's entry than ours, makes the two roots
+    exchange entries again: so the cluster re-forms by itself, and an update that
+    reached only some roots reaches the others within a heartbeat.
 
 Joining and leaving
     A root joins by sending ``join`` to seed addresses (other roots' tcp addresses); a
@@ -147,6 +149,7 @@ class Dist:
         self.down_events = 0
         self._extra_handlers: dict[str, Any] = {}
         self._waiting: dict[Key, list[list[Any]]] = {}
+        self._listed: LoopFuture[bool] | None = None
         self.on_view_changed: list[Any] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -598,6 +601,23 @@ class Dist:
         if not self.is_root:
             view = {node: _normalise(entry) for node, entry in item[1].items()}
             self._install_view(view)
+            if self._listed is not None and self._is_listed():
+                self._listed.set(True)
+                self._listed = None
+
+    def _is_listed(self) -> bool:
+        entry = self.view.get(self.node)
+        proc = entry["procs"].get(self.worker) if entry else None
+        return proc is not None and proc.get("creation") == self.creation
+
+    def listed(self) -> LoopFuture[bool]:
+        """Worker: a future set once our root's published view names this process."""
+        future: LoopFuture[bool] = LoopFuture(self.scheduler)
+        if self.is_root or self._is_listed():
+            future.set(True)
+        else:
+            self._listed = future
+        return future
 
     def _on_join(self, item: list[Any]) -> None:
         if not self.is_root:
@@ -643,11 +663,17 @@ class Dist:
     def _on_heartbeat(self, item: list[Any]) -> None:
         if not self.is_root:
             return
-        _, node, creation, tcp = item
+        _, node, creation, tcp, version = item
         self._last_heard[node] = time.monotonic()
         known = self.view.get(node)
-        if known is None or known["creation"] < creation:
-            # A node we do not know (restarted, or back from a netsplit): re-introduce.
+        if (
+            known is None
+            or known["creation"] < creation
+            or (known["creation"] == creation and known["version"] < version)
+        ):
+            # A node we do not know (restarted, back from a netsplit), or whose entry we
+            # hold an old version of (an update that went to others only): introduce
+            # ourselves again, and its answer brings what we miss.
             key = (f"seed:{tcp}", -1)
             self._connect(key, tcp)
             self._put(key, ["join", self.node, self.view[self.node]])
@@ -661,7 +687,7 @@ class Dist:
         own = self.view[self.node]
         tcp = own["procs"][_ROOT].get("tcp")
         for node in self._other_nodes():
-            self._put((node, _ROOT), ["hb", self.node, own["creation"], tcp])
+            self._put((node, _ROOT), ["hb", self.node, own["creation"], tcp, own["version"]])
             heard = self._last_heard.setdefault(node, now)
             if now - heard > self.node_timeout:
                 logger.warning(

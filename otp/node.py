@@ -175,6 +175,10 @@ async def _worker(runtime: Runtime, app: str | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await runtime.start()
+    # Ready means "reachable": wait until our root lists us in the view it publishes, so
+    # the root's supervisor starts the next worker (and the node joins its seeds) only
+    # once the node's entry names this worker.
+    await runtime.dist.listed()
     children: list[Any] = _load_app(app)() if app else []
     import otp
 
