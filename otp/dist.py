@@ -56,6 +56,11 @@ Failure detection
     exchange entries again: so the cluster re-forms by itself, and an update that
     reached only some roots reaches the others within a heartbeat.
 
+    A worker that hangs with its process alive is not detected (the root watches worker
+    processes exit, and heartbeats run between roots only). Handling a loss walks every
+    actor of the process once, O(actors): losses are rare, and it keeps the per-message
+    path free of any index upkeep.
+
 Joining and leaving
     A root joins by sending ``join`` to seed addresses (other roots' tcp addresses); a
     seed answers with every node it knows and tells the other roots about the newcomer.
