@@ -38,6 +38,7 @@ from typing import Any
 
 from otp import curve
 from otp import scheduler as scheduler_mod
+from otp.cets import Cets
 from otp.dist import Dist, new_creation
 from otp.global_names import GlobalNames
 from otp.transport import Transport
@@ -107,6 +108,7 @@ class Runtime:
         self.transport.start()
         self.dist.attach(self.transport)
         self.global_names = GlobalNames(self.dist)
+        self.cets = Cets(self.dist)
 
     def tcp_address(self) -> str | None:
         """Where other nodes reach this process (the real port once started)."""

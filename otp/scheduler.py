@@ -99,6 +99,7 @@ class Scheduler:
         self.remote_send: Callable[[Pid, Any], None] | None = None
         self.on_processes_lost: list[Callable[[set[tuple[str, int]]], None]] = []
         self.global_names: Any = None  # otp.global_names.GlobalNames, with dist
+        self.cets: Any = None  # otp.cets.Cets, with dist
 
     # -- identity --------------------------------------------------------------------------
 

@@ -92,3 +92,42 @@ class GlobalFinder(otp.LoopActor):
         from otp import global_names
 
         return global_names.whereis(message)
+
+
+class TableUser(otp.LoopActor):
+    """Uses the replicated table ``name`` of its process (creating it if needed)."""
+
+    pykka_registry = False
+
+    def __init__(self, name: str, type: str = "set") -> None:
+        super().__init__()
+        self.name = name
+        self.type = type
+
+    def on_start(self) -> None:
+        from otp import cets
+
+        try:
+            self.table = cets.get(self.name)
+        except KeyError:
+            self.table = cets.create(self.name, type=self.type)
+
+    async def on_receive(self, message: Any) -> Any:
+        kind, *args = message
+        table = self.table
+        if kind == "insert":
+            await table.insert(args[0], wait=True)
+            return "ok"
+        if kind == "insert_nowait":
+            table.insert(args[0])
+            return "ok"
+        if kind == "insert_new":
+            return await table.insert_new(args[0])
+        if kind == "delete":
+            await table.delete(args[0], wait=True)
+            return "ok"
+        if kind == "lookup":
+            return table.lookup(args[0])
+        if kind == "all":
+            return sorted(table.all())
+        raise ValueError(f"unknown request {kind!r}")

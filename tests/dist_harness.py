@@ -18,6 +18,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,13 @@ NODE = "test@localhost"
 TESTS = Path(__file__).resolve().parent
 ROOT_DIR = TESTS.parent
 PYTHONPATH = f"{TESTS}{os.pathsep}{ROOT_DIR}"
+
+
+def free_port() -> int:
+    """A tcp port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class TestNode:

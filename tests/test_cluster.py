@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import pykka
 import pytest
-from dist_harness import MongooseNode, TestNode
+from dist_harness import MongooseNode, TestNode, free_port
 from helpers import ProbeHandle, wait_until
 
 import otp
@@ -25,12 +24,6 @@ from otp import curve, global_names
 from otp.dist import spawn_on
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Cluster:
