@@ -54,7 +54,9 @@ Failure detection
     heartbeat from a node not in the view (it restarted, or a netsplit healed), or one
     that carries a newer version of the sender's entry than ours, makes the two roots
     exchange entries again: so the cluster re-forms by itself, and an update that
-    reached only some roots reaches the others within a heartbeat.
+    reached only some roots reaches the others within a heartbeat. A root keeps sending
+    heartbeats to a node it declared down for silence (not to one that left) for an
+    hour, so both sides of a healed netsplit find each other again.
 
     A worker that hangs with its process alive is not detected (the root watches worker
     processes exit, and heartbeats run between roots only). Handling a loss walks every
@@ -82,6 +84,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import logging
+import os
 import random
 import time
 from collections.abc import Iterable
@@ -104,6 +107,10 @@ logger = logging.getLogger("otp.dist")
 Key = tuple[str, int]
 
 _ROOT = 0
+
+UNAVAILABLE_RETRY_S = 3600.0
+"""How long a root keeps calling a node that went silent (CETS expires its
+discovery rows after the same hour)."""
 
 
 def new_creation() -> int:
@@ -155,6 +162,8 @@ class Dist:
         self._extra_handlers: dict[str, Any] = {}
         self._waiting: dict[Key, list[list[Any]]] = {}
         self._listed: LoopFuture[bool] | None = None
+        self._blocked: set[str] = set()  # nodes we pretend not to reach (fault injection)
+        self._unavailable: dict[str, tuple[str, float]] = {}  # silent node -> (tcp, since)
         self.on_view_changed: list[Any] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -348,6 +357,8 @@ class Dist:
         a dead process do (:meth:`_expire_waiting`). Returns False only after
         :meth:`close`.
         """
+        if self._blocked and key[0] in self._blocked:
+            return True  # fault injection: a netsplit drops everything, silently
         if key not in self._connected:
             address = self._address_of(key)
             if address is None:
@@ -489,6 +500,37 @@ class Dist:
         if clash:
             raise ValueError(f"item kinds already handled: {sorted(clash)}")
         self._extra_handlers.update(handlers)
+
+    # -- fault injection (tests) ----------------------------------------------------------
+
+    def inject_fault(self, to: Key, action: str, node: str) -> None:
+        """Ask process ``to`` to ``"block"`` or ``"heal"`` its traffic to ``node``.
+
+        Honoured only by processes started with ``OTP_FAULT_INJECTION=1`` in their
+        environment (tests do that); a root passes it on to its workers. Blocking both
+        directions between two nodes makes a netsplit without touching the network.
+        """
+        self._put(to, ["fault", action, node])
+
+    def _on_fault(self, item: list[Any]) -> None:
+        _, action, node = item
+        if os.environ.get("OTP_FAULT_INJECTION") != "1":
+            logger.warning("fault injection refused", extra={"what": "dist_fault_refused"})
+            return
+        if action == "block":
+            self._blocked.add(node)
+            if self._connected.pop((node, _ROOT), None) is not None:
+                assert self.transport is not None
+                self.transport.disconnect((node, _ROOT))
+        elif action == "heal":
+            self._blocked.discard(node)
+        logger.warning(
+            "fault injected", extra={"what": "dist_fault", "action": action, "node": node}
+        )
+        if self.is_root:
+            for worker in self.view[self.node]["procs"]:
+                if worker != _ROOT:
+                    self._put((self.node, worker), item)
 
     def on_peer_event(self, key: Key, event: str) -> None:
         if event == "auth_failed":
@@ -699,7 +741,21 @@ class Dist:
                     "node not responding",
                     extra={"what": "dist_node_down", "node": node, "silent_s": now - heard},
                 )
+                root = self.view[node]["procs"].get(_ROOT, {}).get("tcp")
+                if root is not None:
+                    self._unavailable[node] = (root, now)
                 self._drop_nodes([node])
+        # Keep calling nodes that went silent (a netsplit, a freeze): when one answers,
+        # its heartbeat makes the two sides introduce themselves again.
+        for node, (address, since) in list(self._unavailable.items()):
+            if node in self.view or now - since > UNAVAILABLE_RETRY_S:
+                del self._unavailable[node]
+                continue
+            if node in self._blocked:
+                continue
+            key = (f"seed:{address}", -1)
+            self._connect(key, address)
+            self._put(key, ["hb", self.node, own["creation"], tcp, own["version"]])
         if self._seeds and len(self.view) == 1:
             # Still alone: the seeds may have started after us, or lost our join while
             # restarting. Ask again; a join to a member is harmless.
@@ -799,6 +855,7 @@ _HANDLERS = {
     "node": Dist._on_node,
     "leave": Dist._on_leave,
     "hb": Dist._on_heartbeat,
+    "fault": Dist._on_fault,
 }
 
 

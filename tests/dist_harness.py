@@ -158,7 +158,7 @@ class MongooseNode:
             [sys.executable, "-m", "mongoose", "foreground", "--config", str(self.config),
              "--log-format", "json"],
             cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env=dict(os.environ, PYTHONPATH=PYTHONPATH),
+            env=dict(os.environ, PYTHONPATH=PYTHONPATH, OTP_FAULT_INJECTION="1"),
         )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         return self.wait_for("node_up")

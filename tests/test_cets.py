@@ -170,3 +170,48 @@ def test_a_lost_nodes_records_are_removed(tmp_path: Any, test_node: TestNode, na
     finally:
         node.kill()
     wait_until(lambda: "cets-a@localhost" not in test_node.nodes(), timeout=10, what="gone")
+
+
+def test_a_netsplit_heals_into_the_documented_state(
+    tmp_path: Any, test_node: TestNode, name: str
+) -> None:
+    """Split a|b, write one key on both sides, heal: every replica holds b's record (the
+    owner sorting last), and each side's own keys survive."""
+    from dist_harness import MongooseNode, free_port
+
+    table = local_table(name)
+    a = MongooseNode(tmp_path, "split-a@localhost", port=free_port(),
+                     keys_file=test_node.keys_file, workers=1)
+    b = MongooseNode(tmp_path, "split-b@localhost", port=free_port(),
+                     keys_file=test_node.keys_file, workers=1,
+                     seeds=[a.address.removeprefix("tcp://")])
+    try:
+        a.start()
+        b.start()
+        test_node.join(a.address)
+        everyone = {("split-a@localhost", 1), ("split-b@localhost", 1)}
+        wait_until(lambda: everyone <= set(test_node.processes()), timeout=20, what="joined")
+        on_a = spawn_on(("split-a@localhost", 1), "dist_actors:TableUser", name).get(timeout=10)
+        on_b = spawn_on(("split-b@localhost", 1), "dist_actors:TableUser", name).get(timeout=10)
+        split = [("split-a@localhost", "split-b@localhost"),
+                 ("split-b@localhost", "split-a@localhost")]
+        for here, there in split:
+            test_node.scheduler.run_sync(test_node.dist.inject_fault, (here, 0), "block", there)
+        a.wait_for("dist_node_down", node="split-b@localhost")
+        b.wait_for("dist_node_down", node="split-a@localhost")
+        assert ask(on_a, "insert", ("shared", "a-side")) == "ok"
+        assert ask(on_b, "insert", ("shared", "b-side")) == "ok"
+        assert ask(on_a, "insert", ("only-a", 1)) == "ok"
+        assert ask(on_b, "insert", ("only-b", 2)) == "ok"
+        assert ask(on_a, "lookup", "shared") == [("shared", "a-side")]  # the sides differ
+        for here, there in split:
+            test_node.scheduler.run_sync(test_node.dist.inject_fault, (here, 0), "heal", there)
+        merged = [("only-a", 1), ("only-b", 2), ("shared", "b-side")]
+        wait_until(lambda: ask(on_a, "all") == merged, timeout=15, what="a merged")
+        wait_until(lambda: ask(on_b, "all") == merged, timeout=15, what="b merged")
+        assert sorted(table.all()) == merged
+    finally:
+        a.kill()
+        b.kill()
+    wait_until(lambda: not {"split-a@localhost", "split-b@localhost"} & set(test_node.nodes()),
+               timeout=10, what="both gone")
