@@ -154,6 +154,12 @@ def seed_list(value: Any) -> tuple[str, ...]:
     return tuple(seeds)
 
 
+def str_value(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid("a string")
+    return value
+
+
 # Schema
 
 
@@ -194,11 +200,34 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class CetsDiscovery:
+    """`[internal_databases.cets]`: how this node discovers the cluster's other nodes.
+
+    With `backend = "file"` and a `node_list_file`, the node re-reads that file (one
+    "host:port" per line) every `discovery_interval` seconds when it changes and joins
+    the addresses in it, in addition to `cluster.seeds` (a relative path is under
+    `general.data_dir`). The "rdbms" backend arrives with the persistence layer.
+    """
+
+    backend: str = setting("file", one_of("file"))
+    node_list_file: str = setting("", str_value)
+    discovery_interval: float = setting(5.0, number_in(0.05, 3600))
+
+
+@dataclass(frozen=True)
+class InternalDatabases:
+    """`[internal_databases]`."""
+
+    cets: CetsDiscovery = field(default_factory=CetsDiscovery)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration. `source` is the file it came from."""
 
     general: General = field(default_factory=General)
     cluster: Cluster = field(default_factory=Cluster)
+    internal_databases: InternalDatabases = field(default_factory=InternalDatabases)
     source: str = "<defaults>"
 
 

@@ -30,7 +30,8 @@ Wire items (lists, packed by :mod:`otp.codec`; ``id`` is a pid's number in its p
     ["hb", node, creation, tcp, version] heartbeat, root to root
     ["hello", worker, entry]             a worker tells its root its addresses
     ["join", node, entry]                a node's root announces itself to a seed/root
-    ["nodes", {node: entry}]             a root's answer to a join: every node it knows
+    ["nodes", {node: entry}, sender]     a root's whole view: the answer to a join, and
+                                         its gossip to every root after a change
     ["node", node, entry]                a root announces a change of its node
     ["leave", node]                      a node leaves the cluster
     ["view", {node: entry}]              a root tells its workers the whole cluster
@@ -41,7 +42,8 @@ Cluster view
     its node's entry and bumps ``version`` on every change (a worker started or died); a
     copy with a higher version replaces a lower one, a higher ``creation`` (the root's
     start time, so a restarted node) replaces any older one. Roots exchange entries
-    (``join``/``nodes``/``node``) and push the whole view to their workers (``view``).
+    (``join``/``nodes``/``node``); a root whose view changed sends it to every other root
+    (gossip that stops where nothing changes), and pushes it to its workers (``view``).
     Every process diffs each new view against the old one: processes that disappeared
     or changed incarnation are lost (``noconnection``). Peers on the same node are
     reached over ipc, others over tcp.
@@ -164,6 +166,7 @@ class Dist:
         self._listed: LoopFuture[bool] | None = None
         self._blocked: set[str] = set()  # nodes we pretend not to reach (fault injection)
         self._unavailable: dict[str, tuple[str, float]] = {}  # silent node -> (tcp, since)
+        self._gone: dict[str, int] = {}  # dropped node -> its creation then
         self.on_view_changed: list[Any] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -218,12 +221,15 @@ class Dist:
     def join(self, seeds: Iterable[str]) -> None:
         """Root only: announce this node to the roots at the seed tcp addresses."""
         assert self.is_root, "only a root process joins a cluster"
-        self._seeds = list(seeds)
-        entry = self.view[self.node]
-        for i, address in enumerate(self._seeds):
-            seed = (f"seed:{address}", i)
-            self._connect(seed, address)
-            self._put(seed, ["join", self.node, entry])
+        for address in seeds:
+            if address not in self._seeds:
+                self._seeds.append(address)
+            self._send_join(address)
+
+    def _send_join(self, address: str) -> None:
+        seed = (f"seed:{address}", 0)
+        self._connect(seed, address)
+        self._put(seed, ["join", self.node, self.view[self.node]])
 
     def leave(self) -> None:
         """Root only: tell every other node we leave, and forget them."""
@@ -258,10 +264,21 @@ class Dist:
             return proc["ipc"]
         return proc.get("tcp")
 
-    def _merge_entry(self, node: str, entry: dict[str, Any]) -> bool:
-        """Take ``entry`` for ``node`` if it is newer; returns True if the view changed."""
+    def _merge_entry(self, node: str, entry: dict[str, Any], *, direct: bool) -> bool:
+        """Take ``entry`` for ``node`` if it is newer; returns True if the view changed.
+
+        ``direct``: the entry comes from that node's root itself. Second-hand news of a
+        node we dropped (it left, or went silent) in the same incarnation is ignored, so
+        a gossip from a root that has not noticed yet cannot bring a dead node back; the
+        node itself can, by talking to us.
+        """
         if node == self.node and self.is_root:
             return False  # we are the author of our own entry
+        gone = self._gone.get(node)
+        if gone is not None:
+            if not direct and entry["creation"] <= gone:
+                return False
+            del self._gone[node]
         old = self.view.get(node)
         if old is not None:
             if entry["creation"] < old["creation"]:
@@ -335,6 +352,7 @@ class Dist:
         new_view = {n: e for n, e in self.view.items() if n not in nodes}
         for node in nodes:
             self._last_heard.pop(node, None)
+            self._gone[node] = self.view[node]["creation"]
         self._install_view(new_view)
         if self.is_root:
             self._publish()
@@ -671,36 +689,43 @@ class Dist:
             return
         _, node, entry = item
         self._last_heard[node] = time.monotonic()
-        changed = self._merge_entry(node, entry)
-        # Answer with everything we know; tell the others about the newcomer.
-        self._put((node, _ROOT), ["nodes", self.view])
+        changed = self._merge_entry(node, entry, direct=True)
+        # Answer with everything we know, and tell the others what changed.
+        self._put((node, _ROOT), ["nodes", self.view, self.node])
         if changed:
-            self._publish()
-            for other in self._other_nodes():
-                if other != node:
-                    self._put((other, _ROOT), ["node", node, entry])
             logger.info("node joined", extra={"what": "dist_node_joined", "node": node})
+            self._publish()
+            self._gossip(skip=node)
 
     def _on_nodes(self, item: list[Any]) -> None:
         if not self.is_root:
             return
+        _, view, sender = item
         changed = False
         now = time.monotonic()
-        for node, entry in item[1].items():
+        for node, entry in view.items():
             if node != self.node:
                 self._last_heard.setdefault(node, now)
-                changed = self._merge_entry(node, entry) or changed
+                changed = self._merge_entry(node, entry, direct=node == sender) or changed
         if changed:
             self._publish()
-            self._announce()
+            self._gossip(skip=sender)
 
     def _on_node(self, item: list[Any]) -> None:
         if not self.is_root:
             return
-        _, node, entry = item
+        _, node, entry = item  # sent by that node's root itself
         self._last_heard.setdefault(node, time.monotonic())
-        if self._merge_entry(node, entry):
+        if self._merge_entry(node, entry, direct=True):
             self._publish()
+            self._gossip(skip=node)
+
+    def _gossip(self, skip: str | None = None) -> None:
+        """Root: send our whole view to every other root (after it changed), so news
+        reaches every node; a receiver whose view does not change stays quiet."""
+        for node in self._other_nodes():
+            if node != skip:
+                self._put((node, _ROOT), ["nodes", self.view, self.node])
 
     def _on_leave(self, item: list[Any]) -> None:
         if self.is_root:
@@ -721,9 +746,7 @@ class Dist:
             # A node we do not know (restarted, back from a netsplit), or whose entry we
             # hold an old version of (an update that went to others only): introduce
             # ourselves again, and its answer brings what we miss.
-            key = (f"seed:{tcp}", -1)
-            self._connect(key, tcp)
-            self._put(key, ["join", self.node, self.view[self.node]])
+            self._send_join(tcp)
 
     # -- failure detection -----------------------------------------------------------------
 
@@ -753,15 +776,14 @@ class Dist:
                 continue
             if node in self._blocked:
                 continue
-            key = (f"seed:{address}", -1)
+            key = (f"seed:{address}", 0)
             self._connect(key, address)
             self._put(key, ["hb", self.node, own["creation"], tcp, own["version"]])
         if self._seeds and len(self.view) == 1:
             # Still alone: the seeds may have started after us, or lost our join while
             # restarting. Ask again; a join to a member is harmless.
-            entry = self.view[self.node]
-            for i in range(len(self._seeds)):
-                self._put((f"seed:{self._seeds[i]}", i), ["join", self.node, entry])
+            for address in self._seeds:
+                self._send_join(address)
         self._timer = self.scheduler.loop.call_later(self.heartbeat_interval, self._tick)
 
     def _processes_lost(self, lost: set[Key]) -> None:

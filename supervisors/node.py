@@ -27,6 +27,7 @@ cluster membership services and the admin endpoint become children of ``node_sup
     node_sup (one_for_one)
       node_status    answers status queries (mongoose.status)
       workers_sup    the worker OS processes 1..W (supervisors.workers)
+      cets_discovery joins the nodes listed in a file (when configured; otp.discovery)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from mongoose.config import Config
 from mongoose.status import NodeStatus
 from otp import curve
 from otp import scheduler as scheduler_mod
+from otp.discovery import Discovery, FileBackend
 from otp.dist import new_creation
 from otp.node import Runtime
 from otp.supervisor import ChildSpec, Supervisor
@@ -66,7 +68,8 @@ def node_sup_children(
 ) -> list[ChildSpec]:
     """The child specs of ``node_sup``, left to right (start order)."""
     general = config.general
-    return [
+    discovery = config.internal_databases.cets
+    children = [
         ChildSpec(
             id="node_status",
             start=partial(NodeStatus.start, general.node_name, general.hosts),
@@ -79,6 +82,23 @@ def node_sup_children(
             log_level=general.loglevel,
         ),
     ]
+    if discovery.node_list_file:
+        path = Path(discovery.node_list_file)
+        if not path.is_absolute():
+            path = Path(general.data_dir) / path
+        tcp = runtime.tcp_address()
+        children.append(
+            ChildSpec(
+                id="cets_discovery",
+                start=partial(
+                    Discovery.start,
+                    FileBackend(path),
+                    own_address=tcp.removeprefix("tcp://") if tcp else None,
+                    interval=discovery.discovery_interval,
+                ),
+            )
+        )
+    return children
 
 
 def cluster_keys(config: Config) -> tuple[curve.CurveKeys, str]:

@@ -136,6 +136,7 @@ class MongooseNode:
         workers: int = 2,
         heartbeat_interval: float = 0.3,
         node_timeout: float = 3.0,
+        extra_toml: str = "",
     ) -> None:
         self.name = name
         self.dir = directory / name.split("@")[0]
@@ -146,6 +147,7 @@ class MongooseNode:
             f'[general]\nnode_name = "{name}"\nworkers = {workers}\ndata_dir = "data"\n'
             f'[cluster]\nport = {port}\nkeys_file = "{keys_file}"\nseeds = [{seeds_toml}]\n'
             f"heartbeat_interval = {heartbeat_interval}\nnode_timeout = {node_timeout}\n"
+            + extra_toml
         )
         self.address = f"tcp://127.0.0.1:{port}"
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()

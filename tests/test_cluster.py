@@ -216,3 +216,30 @@ def test_global_names_across_nodes(
     wait_until(lambda: otp.ask(finder, "cluster-wide").get(timeout=5) is None, timeout=10,
                what="a sees it freed")
     wait_until(lambda: global_names.whereis("cluster-wide") is None, what="freed here too")
+
+
+def test_nodes_found_through_a_node_list_file(
+    cluster: Cluster, test_node: TestNode, tmp_path: Path
+) -> None:
+    """A node with a node_list_file joins the nodes listed there, and follows edits."""
+    a = cluster.node("a@localhost", workers=1)
+    a.start()
+    test_node.join(a.address)
+    node_list = tmp_path / "nodes.txt"
+    node_list.write_text(f"# the cluster\n{a.address.removeprefix('tcp://')}\n")
+    b = MongooseNode(
+        cluster.dir, "b@localhost", port=free_port(), keys_file=test_node.keys_file,
+        workers=1,
+        extra_toml=f'[internal_databases.cets]\nnode_list_file = "{node_list}"\n'
+                   "discovery_interval = 0.2\n",
+    )
+    cluster.nodes.append(b)
+    b.start()
+    wait_until(lambda: ("b@localhost", 1) in test_node.processes(), timeout=20,
+               what="b joined through the file")
+    c = cluster.node("c@localhost", workers=1)  # no seeds: alone until someone calls
+    c.start()
+    with node_list.open("a") as f:
+        f.write(c.address.removeprefix("tcp://") + "\n")
+    wait_until(lambda: ("c@localhost", 1) in test_node.processes(), timeout=20,
+               what="c joined after the file changed")
