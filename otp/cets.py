@@ -196,17 +196,20 @@ class Table:
             self._data.setdefault(key, {})[record] = owner
             return
         old = self._data.get(key)
-        if old is not None and old[1] != owner and old[0] != record:
-            self.conflicts += 1
-            winner = self._resolve(old, (record, owner))
-            self._data[key] = winner
+        if old is not None and old[1] != owner:
+            # Another owner's key: resolve the same way on every replica, whatever the
+            # order the two writes arrive in (an identical record too: its owner decides
+            # who may delete it and whose loss removes it).
+            if old[0] != record:
+                self.conflicts += 1
+            self._data[key] = self._resolve(old, (record, owner))
             return
         self._data[key] = (record, owner)
 
     def _resolve(
         self, mine: tuple[Record, Key], theirs: tuple[Record, Key]
     ) -> tuple[Record, Key]:
-        if self.handle_conflict is not None:
+        if self.handle_conflict is not None and mine[0] != theirs[0]:
             chosen = self.handle_conflict(mine[0], theirs[0])
             # Keep the owner of the record chosen, so cleanup still follows its writer; a
             # new record made by the handler belongs to the owner sorting last.
