@@ -272,13 +272,15 @@ class Table:
         return removed
 
     def status(self) -> dict[str, Any]:
-        """Plain data: name, type, size, members (processes replicating it), conflicts."""
+        """Plain data: name, type, size, members (processes replicating it), nodes,
+        unavailable nodes (gone silent; still called), conflicts resolved so far."""
         return {
             "name": self.name,
             "type": self.type,
             "size": self.size(),
             "members": [f"{n}.{w}" for n, w in self.cets.dist.processes()],
             "nodes": self.cets.dist.nodes(),
+            "unavailable_nodes": sorted(self.cets.dist.unavailable_nodes()),
             "conflicts": self.conflicts,
         }
 

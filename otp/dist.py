@@ -34,7 +34,7 @@ Wire items (lists, packed by :mod:`otp.codec`; ``id`` is a pid's number in its p
                                          its gossip to every root after a change
     ["node", node, entry]                a root announces a change of its node
     ["leave", node]                      a node leaves the cluster
-    ["view", {node: entry}]              a root tells its workers the whole cluster
+    ["view", {node: entry}, unavailable] a root tells its workers the whole cluster
 
 Cluster view
     A node is described by its root in an *entry*: ``{"creation": int, "version": int,
@@ -167,6 +167,7 @@ class Dist:
         self._blocked: set[str] = set()  # nodes we pretend not to reach (fault injection)
         self._unavailable: dict[str, tuple[str, float]] = {}  # silent node -> (tcp, since)
         self._gone: dict[str, int] = {}  # dropped node -> its creation then
+        self._unavailable_seen: list[str] = []  # worker: the root's list, last pushed
         self.on_view_changed: list[Any] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -246,6 +247,13 @@ class Dist:
         """Nodes in this process's view, this one included."""
         return sorted(self.view)
 
+    def unavailable_nodes(self) -> list[str]:
+        """Nodes that went silent and are still being called (see ``_tick``); a worker
+        knows them from its root's last published view."""
+        if self.is_root:
+            return sorted(self._unavailable)
+        return list(self._unavailable_seen)
+
     def processes(self) -> list[Key]:
         """Every process in the view, as (node, worker)."""
         return sorted((n, w) for n, e in self.view.items() for w in e["procs"])
@@ -279,6 +287,7 @@ class Dist:
             if not direct and entry["creation"] <= gone:
                 return False
             del self._gone[node]
+        self._unavailable.pop(node, None)
         old = self.view.get(node)
         if old is not None:
             if entry["creation"] < old["creation"]:
@@ -305,9 +314,10 @@ class Dist:
 
     def _publish(self) -> None:
         """Root: push the view to our workers."""
+        unavailable = sorted(self._unavailable)
         for worker in self.view[self.node]["procs"]:
             if worker != _ROOT:
-                self._put((self.node, worker), ["view", self.view])
+                self._put((self.node, worker), ["view", self.view, unavailable])
 
     def _announce(self, to: Iterable[str] | None = None) -> None:
         """Root: tell other roots our entry."""
@@ -665,6 +675,7 @@ class Dist:
     def _on_view(self, item: list[Any]) -> None:
         if not self.is_root:
             view = {node: _normalise(entry) for node, entry in item[1].items()}
+            self._unavailable_seen = list(item[2])
             self._install_view(view)
             if self._listed is not None and self._is_listed():
                 self._listed.set(True)

@@ -130,4 +130,6 @@ class TableUser(otp.LoopActor):
             return table.lookup(args[0])
         if kind == "all":
             return sorted(table.all())
+        if kind == "status":
+            return table.status()
         raise ValueError(f"unknown request {kind!r}")

@@ -199,6 +199,9 @@ def test_a_netsplit_heals_into_the_documented_state(
             test_node.scheduler.run_sync(test_node.dist.inject_fault, (here, 0), "block", there)
         a.wait_for("dist_node_down", node="split-b@localhost")
         b.wait_for("dist_node_down", node="split-a@localhost")
+        status = otp.ask(on_a, ("status",)).get(timeout=10)
+        assert status["unavailable_nodes"] == ["split-b@localhost"]
+        assert "split-b@localhost" not in status["nodes"]
         assert ask(on_a, "insert", ("shared", "a-side")) == "ok"
         assert ask(on_b, "insert", ("shared", "b-side")) == "ok"
         assert ask(on_a, "insert", ("only-a", 1)) == "ok"

@@ -243,3 +243,28 @@ def test_nodes_found_through_a_node_list_file(
         f.write(c.address.removeprefix("tcp://") + "\n")
     wait_until(lambda: ("c@localhost", 1) in test_node.processes(), timeout=20,
                what="c joined after the file changed")
+
+
+def test_nodes_joining_each_other_at_once_form_one_cluster(
+    cluster: Cluster, test_node: TestNode
+) -> None:
+    """Three nodes started together, each seeded with the next (a ring), all meet."""
+    ports = [free_port() for _ in range(3)]
+    names = ["r0@localhost", "r1@localhost", "r2@localhost"]
+    nodes = []
+    for i, name in enumerate(names):
+        node = MongooseNode(cluster.dir, name, port=ports[i], keys_file=test_node.keys_file,
+                            workers=1, seeds=[f"127.0.0.1:{ports[(i + 1) % 3]}"])
+        cluster.nodes.append(node)
+        nodes.append(node)
+    import threading
+
+    starters = [threading.Thread(target=node.start) for node in nodes]
+    for starter in starters:
+        starter.start()
+    for starter in starters:
+        starter.join(60)
+    test_node.join(nodes[0].address)
+    everyone = {(name, w) for name in names for w in (0, 1)}
+    wait_until(lambda: everyone <= set(test_node.processes()), timeout=30,
+               what=lambda: f"all three in the view: {test_node.processes()}")
