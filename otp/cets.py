@@ -48,6 +48,13 @@ insert_new
     for the requester and sends it to everyone. Uniqueness holds while the view is
     stable; during a netsplit each side has its own leader.
 
+Who gets the writes
+    A process sends its writes to every other process in the view except those that
+    told it they hold no replica (``c:none``, the answer to a dump or a write for a
+    table they lack), and waits for acks from the same set. A process that creates the
+    table later asks everyone for their dumps, which puts it back in their sets. Root
+    processes that hold no tables thus stop costing every write a message and an ack.
+
 Threads
     Reads may come from any thread (a dict read). Writes and everything else run on the
     scheduler's loop; from another thread use :meth:`Scheduler.run_sync`.
@@ -98,9 +105,20 @@ class Table:
         self.handle_conflict = handle_conflict
         # set: key -> (record, owner); bag: key -> {record: owner}
         self._data: dict[Any, Any] = {}
+        # set tables also keep key -> record, so that get() is a bare dict lookup
+        self._records: dict[Any, Record] = {}
+        if type == "set":
+            self.get = self._records.get  # type: ignore[method-assign]
         self.conflicts = 0
+        # Processes that told us they hold no replica: our writes skip them.
+        self.non_members: set[Key] = set()
 
     # -- reads (local, any thread) ---------------------------------------------------------
+
+    def get(self, key: Any, default: Any = None) -> Record | None:
+        """Set tables: the record with ``key``, or ``default``. This is the replica's own
+        ``dict.get`` (bound at creation), the fastest read there is."""
+        raise TypeError("get() is for set tables; use lookup() on a bag")
 
     def lookup(self, key: Any) -> list[Record]:
         """The records with ``key`` (at most one in a set table)."""
@@ -202,9 +220,17 @@ class Table:
             # who may delete it and whose loss removes it).
             if old[0] != record:
                 self.conflicts += 1
-            self._data[key] = self._resolve(old, (record, owner))
+            self._set(key, self._resolve(old, (record, owner)))
             return
-        self._data[key] = (record, owner)
+        self._set(key, (record, owner))
+
+    def _set(self, key: Any, entry: tuple[Record, Key]) -> None:
+        self._data[key] = entry
+        self._records[key] = entry[0]
+
+    def _unset(self, key: Any) -> None:
+        del self._data[key]
+        del self._records[key]
 
     def _resolve(
         self, mine: tuple[Record, Key], theirs: tuple[Record, Key]
@@ -226,7 +252,7 @@ class Table:
             return
         if self.type == "set":
             if entry[1] == owner:
-                del self._data[key]
+                self._unset(key)
             return
         for record in [r for r, o in entry.items() if o == owner]:
             del entry[record]
@@ -240,7 +266,7 @@ class Table:
             return
         if self.type == "set":
             if entry[0] == record and entry[1] == owner:
-                del self._data[key]
+                self._unset(key)
             return
         if entry.get(record) == owner:
             del entry[record]
@@ -259,7 +285,7 @@ class Table:
         if self.type == "set":
             for key, (record, owner) in list(self._data.items()):
                 if owner in lost:
-                    del self._data[key]
+                    self._unset(key)
                     removed.append(record)
             return removed
         for key, records in list(self._data.items()):
@@ -303,6 +329,9 @@ class Cets:
         self._requests: dict[int, LoopFuture[Any]] = {}
         self._tags = itertools.count(1)
         self._known: set[Key] = set(dist.processes())
+        self._others_cache: list[Key] = [k for k in sorted(self._known) if k != dist.key]
+        self._done: LoopFuture[None] = LoopFuture(dist.scheduler)
+        self._done.set(None)
         dist.add_handlers(
             {
                 "c:op": self._on_op,
@@ -311,6 +340,7 @@ class Cets:
                 "c:want": self._on_want,
                 "c:new": self._on_insert_new,
                 "c:newr": self._on_insert_new_reply,
+                "c:none": self._on_none,
             }
         )
         dist.scheduler.on_processes_lost.append(self._processes_lost)
@@ -318,8 +348,13 @@ class Cets:
         dist.scheduler.cets = self
 
     def _others(self) -> list[Key]:
-        me = self.dist.key
-        return [key for key in self.dist.processes() if key != me]
+        return self._others_cache
+
+    def _members(self, table: Table) -> list[Key]:
+        """Where ``table``'s writes go: every other process not known to lack it."""
+        if not table.non_members:
+            return self._others_cache
+        return [key for key in self._others_cache if key not in table.non_members]
 
     # -- tables ----------------------------------------------------------------------------
 
@@ -337,17 +372,18 @@ class Cets:
     def replicate(
         self, table: Table, op: str, args: list[Any], owner: Key, wait: bool
     ) -> LoopFuture[None]:
+        members = self._members(table)
+        if not (wait and members):
+            item = ["c:op", table.name, op, args, list(owner), None, None]
+            for key in members:
+                self.dist._put(key, item)
+            return self._done  # one shared, finished future: nothing to wait for
         future: LoopFuture[None] = LoopFuture(self.dist.scheduler)
-        others = self._others()
-        tag = next(self._tags) if wait and others else None
-        reply_to = list(self.dist.key) if tag is not None else None
-        item = ["c:op", table.name, op, args, list(owner), reply_to, tag]
-        for key in others:
+        tag = next(self._tags)
+        item = ["c:op", table.name, op, args, list(owner), list(self.dist.key), tag]
+        for key in members:
             self.dist._put(key, item)
-        if tag is None:
-            future.set(None)
-        else:
-            self._acks[tag] = (future, set(others))
+        self._acks[tag] = (future, set(members))
         return future
 
     def _on_op(self, item: list[Any]) -> None:
@@ -357,6 +393,8 @@ class Cets:
             if op == "ins":
                 args = [tuple(r) if not isinstance(r, tuple) else r for r in args]
             table._apply(op, args, (owner[0], owner[1]))
+        else:
+            self._tell_none(name, (owner[0], owner[1]))
         if tag is not None:
             self.dist._put((reply_to[0], reply_to[1]), ["c:ack", tag, list(self.dist.key)])
 
@@ -373,9 +411,22 @@ class Cets:
 
     def _on_want(self, item: list[Any]) -> None:
         _, name, asker = item
+        asker_key = (asker[0], asker[1])
         table = self.tables.get(name)
         if table is not None:
-            self._send_dump(table, (asker[0], asker[1]))
+            table.non_members.discard(asker_key)
+            self._send_dump(table, asker_key)
+
+    def _tell_none(self, name: str, to: Key) -> None:
+        """Tell ``to`` we hold no replica of ``name``, so it stops sending us its writes."""
+        if to != self.dist.key:
+            self.dist._put(to, ["c:none", name, list(self.dist.key)])
+
+    def _on_none(self, item: list[Any]) -> None:
+        _, name, sender = item
+        table = self.tables.get(name)
+        if table is not None:
+            table.non_members.add((sender[0], sender[1]))
 
     def _send_dump(self, table: Table, to: Key) -> None:
         owned = table._owned_by(self.dist.key)
@@ -385,6 +436,7 @@ class Cets:
         _, name, records, owner = item
         table = self.tables.get(name)
         if table is None:
+            self._tell_none(name, (owner[0], owner[1]))
             return
         owner_key = (owner[0], owner[1])
         for record in records:
@@ -396,6 +448,7 @@ class Cets:
         current = set(self.dist.processes())
         new = current - self._known
         self._known = current
+        self._others_cache = [k for k in sorted(current) if k != self.dist.key]
         for key in sorted(new):
             if key == self.dist.key:
                 continue
@@ -403,6 +456,8 @@ class Cets:
                 self._send_dump(table, key)
 
     def _processes_lost(self, lost: set[Key]) -> None:
+        for table in self.tables.values():
+            table.non_members -= lost  # a new process in that slot may have the table
         for tag, (future, pending) in list(self._acks.items()):
             pending -= lost
             if not pending:
