@@ -218,3 +218,33 @@ def test_a_netsplit_heals_into_the_documented_state(
         b.kill()
     wait_until(lambda: not {"split-a@localhost", "split-b@localhost"} & set(test_node.nodes()),
                timeout=10, what="both gone")
+
+
+def test_get_reads_a_set_table_like_a_dict(test_node: TestNode, name: str) -> None:
+    """get() returns the record or None on set tables and is refused on bags."""
+    table = local_table(name)
+    test_node.scheduler.run_sync(table.insert, ("k", 1))
+    assert table.get("k") == ("k", 1) and table.get("missing") is None
+    bag = local_table(name + "-bag", type="bag")
+    with pytest.raises(TypeError, match="set tables"):
+        bag.get("k")
+
+
+def test_an_acked_write_returns_when_a_silent_member_dies(workers: TestNode, name: str) -> None:
+    """A write waiting for a frozen worker's ack completes once that worker is lost."""
+    import os
+    import signal
+
+    table = local_table(name)
+    user(1, name), user(2, name)
+    frozen = workers.workers[2]
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        pending = workers.scheduler.run_sync(lambda: table.insert(("x", 1), wait=True))
+        assert not pending.done()  # worker 2 cannot ack
+        frozen.kill()
+        pending.get(timeout=10)
+    finally:
+        if frozen.poll() is None:
+            os.kill(frozen.pid, signal.SIGCONT)
+    assert table.get("x") == ("x", 1)
