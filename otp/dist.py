@@ -20,7 +20,6 @@ exactly as a local operation would, so Erlang's semantics hold across processes:
 Wire items (lists, packed by :mod:`otp.codec`; ``id`` is a pid's number in its process)::
 
     ["m", id, msg]                       send
-    ["n", name, msg]                     send to a registered name
     ["a", id, msg, reply_to, tag]        ask; reply_to is the asker's process key
     ["r", tag, ok, value]                reply to an ask (value is the error if not ok)
     ["x", id, sender, reason, linked]    exit signal
@@ -232,15 +231,6 @@ class Dist:
         self._connect(seed, address)
         self._put(seed, ["join", self.node, self.view[self.node]])
 
-    def leave(self) -> None:
-        """Root only: tell every other node we leave, and forget them."""
-        assert self.is_root
-        others = self._other_nodes()
-        for node in others:
-            self._put((node, _ROOT), ["leave", self.node])
-        self._seeds = []
-        self._drop_nodes(others)
-
     # -- the view --------------------------------------------------------------------------
 
     def nodes(self) -> list[str]:
@@ -319,10 +309,10 @@ class Dist:
             if worker != _ROOT:
                 self._put((self.node, worker), ["view", self.view, unavailable])
 
-    def _announce(self, to: Iterable[str] | None = None) -> None:
+    def _announce(self) -> None:
         """Root: tell other roots our entry."""
         entry = self.view[self.node]
-        for node in self._other_nodes() if to is None else to:
+        for node in self._other_nodes():
             self._put((node, _ROOT), ["node", self.node, entry])
 
     def worker_started(self, worker: int, proc: dict[str, Any]) -> None:
@@ -449,10 +439,6 @@ class Dist:
         """Send to a pid of another process (dropped if that process is unknown)."""
         self._put((pid[0], pid[1]), ["m", pid[2], message])
 
-    def send_named(self, key: Key, name: str, message: Any) -> None:
-        """Send to the actor registered as ``name`` in process ``key``."""
-        self._put(key, ["n", name, message])
-
     def ask(self, pid: Pid, message: Any) -> LoopFuture[Any]:
         """Ask a pid of another process; the future fails if it or its process dies."""
         future: LoopFuture[Any] = LoopFuture(self.scheduler)
@@ -567,18 +553,10 @@ class Dist:
                 extra={"what": "dist_auth_failed", "peer": f"{key[0]}.{key[1]}"},
             )
 
-    def _local(self, actor_id: int) -> Any:
-        return self.scheduler.processes.get(actor_id)
-
     def _on_send(self, item: list[Any]) -> None:
         actor = self.scheduler.processes.get(item[1])
         if actor is not None:
             actor.actor_inbox.put(Envelope(item[2]))
-
-    def _on_named(self, item: list[Any]) -> None:
-        pid = self.scheduler.names.get(item[1])
-        if pid is not None:
-            self._on_send(["m", pid[2], item[2]])
 
     def _on_ask(self, item: list[Any]) -> None:
         _, actor_id, message, reply_to, tag = item
@@ -872,7 +850,6 @@ def _lost_processes(old: dict[str, Any], new: dict[str, Any]) -> set[Key]:
 
 _HANDLERS = {
     "m": Dist._on_send,
-    "n": Dist._on_named,
     "a": Dist._on_ask,
     "r": Dist._on_reply,
     "x": Dist._on_exit,

@@ -6,9 +6,13 @@ deadline, and fail with a clear message when the deadline passes.
 
 from __future__ import annotations
 
+import json
 import queue
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import otp
@@ -33,6 +37,23 @@ def wait_until(
                 f"timed out after {timeout} s waiting for {described or predicate}"
             )
         time.sleep(0.002)
+
+
+def run_quick_bench(script: str, timeout: float) -> dict[str, Any]:
+    """Run ``bench/<script> --quick``; check it printed exactly one JSON line on stdout
+    and exited 0, and return that line decoded."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / script), "--quick"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    return json.loads(lines[0])
 
 
 class Probe(otp.LoopActor):

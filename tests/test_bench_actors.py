@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import run_quick_bench
 
 FIGURES = [
     "actors",
@@ -37,17 +33,7 @@ FIGURES = [
 @pytest.mark.timeout(120)
 def test_quick_run_prints_one_json_line_with_positive_figures():
     """--quick prints exactly one JSON line on stdout with every figure present and > 0."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "actors.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert len(lines) == 1, result.stdout
-    data = json.loads(lines[0])
+    data = run_quick_bench("actors.py", timeout=100)
     for key in FIGURES:
         assert key in data, key
         assert data[key] > 0, (key, data[key])

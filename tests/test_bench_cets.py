@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import run_quick_bench
 
 WORKERS = ["1", "2", "4"]
 PROCESSES = {"1": ["a0", "a1"], "2": ["a0", "a1", "a2"], "4": ["a0", "a1", "a2", "b0", "b1", "b2"]}
@@ -31,17 +25,7 @@ FIGURES = [*PER_RUN, "lookup_per_s", "dict_get_per_s", "cpu_count", "elapsed_s"]
 @pytest.mark.timeout(180)
 def test_quick_run_prints_one_json_line_with_positive_figures():
     """--quick prints exactly one JSON line on stdout with every figure present and > 0."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "cets.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=160,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert len(lines) == 1, result.stdout
-    data = json.loads(lines[0])
+    data = run_quick_bench("cets.py", timeout=160)
     assert data["bench"] == "cets"
     for key in FIGURES:
         assert key in data, key
