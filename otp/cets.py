@@ -299,7 +299,8 @@ class Table:
 
     def status(self) -> dict[str, Any]:
         """Plain data: name, type, size, members (processes replicating it), nodes,
-        unavailable nodes (gone silent; still called), conflicts resolved so far."""
+        unavailable nodes (gone silent; still called), discovered nodes (the addresses
+        this node was told to join, by its seeds or discovery), conflicts resolved so far."""
         return {
             "name": self.name,
             "type": self.type,
@@ -307,6 +308,7 @@ class Table:
             "members": [f"{n}.{w}" for n, w in self.cets.dist.processes()],
             "nodes": self.cets.dist.nodes(),
             "unavailable_nodes": sorted(self.cets.dist.unavailable_nodes()),
+            "discovered_nodes": self.cets.dist.discovered_nodes(),
             "conflicts": self.conflicts,
         }
 

@@ -167,6 +167,7 @@ class Dist:
         self._unavailable: dict[str, tuple[str, float]] = {}  # silent node -> (tcp, since)
         self._gone: dict[str, int] = {}  # dropped node -> its creation then
         self._unavailable_seen: list[str] = []  # worker: the root's list, last pushed
+        self._seeds_seen: list[str] = []  # worker: the root's seed addresses, last pushed
         self.on_view_changed: list[Any] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -221,10 +222,14 @@ class Dist:
     def join(self, seeds: Iterable[str]) -> None:
         """Root only: announce this node to the roots at the seed tcp addresses."""
         assert self.is_root, "only a root process joins a cluster"
+        added = False
         for address in seeds:
             if address not in self._seeds:
                 self._seeds.append(address)
+                added = True
             self._send_join(address)
+        if added:
+            self._publish()  # workers show the discovered addresses in table status
 
     def _send_join(self, address: str) -> None:
         seed = (f"seed:{address}", 0)
@@ -243,6 +248,11 @@ class Dist:
         if self.is_root:
             return sorted(self._unavailable)
         return list(self._unavailable_seen)
+
+    def discovered_nodes(self) -> list[str]:
+        """Addresses (``tcp://host:port``) this node was told to join, from its seeds or
+        its discovery backend; a worker knows them from its root's last published view."""
+        return sorted(self._seeds if self.is_root else self._seeds_seen)
 
     def processes(self) -> list[Key]:
         """Every process in the view, as (node, worker)."""
@@ -307,7 +317,7 @@ class Dist:
         unavailable = sorted(self._unavailable)
         for worker in self.view[self.node]["procs"]:
             if worker != _ROOT:
-                self._put((self.node, worker), ["view", self.view, unavailable])
+                self._put((self.node, worker), ["view", self.view, unavailable, self._seeds])
 
     def _announce(self) -> None:
         """Root: tell other roots our entry."""
@@ -654,6 +664,7 @@ class Dist:
         if not self.is_root:
             view = {node: _normalise(entry) for node, entry in item[1].items()}
             self._unavailable_seen = list(item[2])
+            self._seeds_seen = list(item[3]) if len(item) > 3 else []
             self._install_view(view)
             if self._listed is not None and self._is_listed():
                 self._listed.set(True)

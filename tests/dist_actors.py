@@ -118,6 +118,12 @@ class TableUser(otp.LoopActor):
         if kind == "insert":
             await table.insert(args[0], wait=True)
             return "ok"
+        if kind == "fill":  # ("fill", prefix, n): n records (f"{prefix}{i}", i), one acked write
+            prefix, n = args
+            await table.insert_many([(f"{prefix}{i}", i) for i in range(n)], wait=True)
+            return "ok"
+        if kind == "size":
+            return table.size()
         if kind == "insert_nowait":
             table.insert(args[0])
             return "ok"

@@ -201,6 +201,9 @@ def test_a_netsplit_heals_into_the_documented_state(
         b.wait_for("dist_node_down", node="split-a@localhost")
         status = otp.ask(on_a, ("status",)).get(timeout=10)
         assert status["unavailable_nodes"] == ["split-b@localhost"]
+        assert status["discovered_nodes"] == []  # a was started without seeds
+        b_status = otp.ask(on_b, ("status",)).get(timeout=10)
+        assert b_status["discovered_nodes"] == [a.address]
         assert "split-b@localhost" not in status["nodes"]
         assert ask(on_a, "insert", ("shared", "a-side")) == "ok"
         assert ask(on_b, "insert", ("shared", "b-side")) == "ok"
@@ -248,3 +251,67 @@ def test_an_acked_write_returns_when_a_silent_member_dies(workers: TestNode, nam
         if frozen.poll() is None:
             os.kill(frozen.pid, signal.SIGCONT)
     assert table.get("x") == ("x", 1)
+
+
+def test_a_merge_cut_halfway_leaves_each_side_consistent(
+    tmp_path: Any, test_node: TestNode, name: str
+) -> None:
+    """Split a|b, heal, and split again while the dumps of the merge are on the way: each
+    side's replicas agree (the other side's records, whole or partly received, are
+    removed when it is declared down again); a final heal merges everything.
+
+    Where exactly the second split cuts the merge is up to the scheduler: each process
+    receives each owner's dump as one message, so the cut falls between dumps. The
+    invariant checked holds wherever it falls, which is the point.
+    """
+    from dist_harness import MongooseNode, free_port
+
+    a = MongooseNode(tmp_path, "cut-a@localhost", port=free_port(),
+                     keys_file=test_node.keys_file, workers=2)
+    b = MongooseNode(tmp_path, "cut-b@localhost", port=free_port(),
+                     keys_file=test_node.keys_file, workers=2,
+                     seeds=[a.address.removeprefix("tcp://")])
+    split = [("cut-a@localhost", "cut-b@localhost"), ("cut-b@localhost", "cut-a@localhost")]
+
+    def fault(action: str) -> None:
+        for here, there in split:
+            test_node.scheduler.run_sync(test_node.dist.inject_fault, (here, 0), action, there)
+
+    try:
+        a.start()
+        b.start()
+        test_node.join(a.address)
+        procs = [("cut-a@localhost", 1), ("cut-a@localhost", 2),
+                 ("cut-b@localhost", 1), ("cut-b@localhost", 2)]
+        wait_until(lambda: set(procs) <= set(test_node.processes()), timeout=20, what="joined")
+        a1, a2, b1, b2 = (spawn_on(p, "dist_actors:TableUser", name).get(timeout=10)
+                          for p in procs)
+        fault("block")
+        a.wait_for("dist_node_down", node="cut-b@localhost")
+        b.wait_for("dist_node_down", node="cut-a@localhost")
+        for user_pid, prefix in ((a1, "a1-"), (a2, "a2-"), (b1, "b1-"), (b2, "b2-")):
+            assert ask(user_pid, "fill", prefix, 3_000) == "ok"
+        side_a, side_b = ask(a1, "all"), ask(b1, "all")
+        assert ask(a2, "all") == side_a and ask(b2, "all") == side_b
+        assert len(side_a) == len(side_b) == 6_000
+
+        fault("heal")
+        wait_until(lambda: ask(a1, "size") > 6_000, timeout=15, what="a merge under way")
+        fault("block")  # the merge is cut here
+        a.wait_for("dist_node_down", node="cut-b@localhost")
+        b.wait_for("dist_node_down", node="cut-a@localhost")
+        for side, users in ((side_a, (a1, a2)), (side_b, (b1, b2))):
+            for user_pid in users:
+                wait_until(lambda user_pid=user_pid, side=side: ask(user_pid, "all") == side,
+                           timeout=10, what="the side holds its own records only")
+
+        fault("heal")
+        merged = sorted(side_a + side_b)
+        for user_pid in (a1, a2, b1, b2):
+            wait_until(lambda user_pid=user_pid: ask(user_pid, "all") == merged,
+                       timeout=15, what="merged")
+    finally:
+        a.kill()
+        b.kill()
+    wait_until(lambda: not {"cut-a@localhost", "cut-b@localhost"} & set(test_node.nodes()),
+               timeout=10, what="both gone")
