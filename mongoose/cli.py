@@ -24,16 +24,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mongoose import config, logs
+
+if TYPE_CHECKING:
+    from mongoose.auth.accounts import AccountStore
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -337,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     config_option = argparse.ArgumentParser(add_help=False)
     config_option.add_argument(
+        "-c",
         "--config",
         metavar="PATH",
         help="config file (default: config/mongooseim.toml in the working directory if it "
@@ -421,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--output", metavar="PATH", help="where to write the key file")
     generate.add_argument("--force", action="store_true", help="replace an existing file")
     generate.set_defaults(func=cmd_keys_generate)
+    _add_account_commands(commands, config_option)
     return parser
 
 
@@ -447,6 +455,171 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(path)
     return EXIT_OK
+
+
+# Accounts: `mongoose account ...` works on the store file itself (see mongoose.auth.accounts
+# for why that is safe while a node runs).
+
+
+class _Refused(Exception):
+    """An account command cannot do what it was asked; the message is for the operator."""
+
+
+def _add_account_commands(
+    commands: argparse._SubParsersAction, config_option: argparse.ArgumentParser
+) -> None:
+    account = commands.add_parser(
+        "account",
+        help="manage user accounts",
+        description="Manage the accounts of the node's hosts. Works on the account store "
+        "under general.data_dir directly, whether or not the node runs.",
+    )
+    account_commands = account.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[..., None], help_text: str) -> argparse.ArgumentParser:
+        command = account_commands.add_parser(
+            name, parents=[config_option], help=help_text, description=help_text + "."
+        )
+        command.set_defaults(func=functools.partial(_run_account_command, func))
+        return command
+
+    for name, func, help_text in (
+        ("register", _account_register, "create an account"),
+        ("passwd", _account_passwd, "change the password of an account"),
+    ):
+        command = add(name, func, help_text)
+        command.add_argument("jid", metavar="USER@HOST")
+        command.add_argument("password", metavar="PASSWORD")
+    add("unregister", _account_unregister, "remove an account").add_argument(
+        "jid", metavar="USER@HOST")
+    for name, func, help_text in (
+        ("list", _account_list, "list the users of HOST, one per line"),
+        ("count", _account_count, "print the number of accounts of HOST"),
+    ):
+        add(name, func, help_text).add_argument(
+            "host", metavar="HOST", nargs="?", help="default: the config's default domain")
+    bulk = add(
+        "bulk-register", _account_bulk_register,
+        "create accounts PREFIX1 to PREFIXN of HOST with one password, for benchmarks, "
+        "all or none",
+    )
+    bulk.add_argument("host", metavar="HOST")
+    bulk.add_argument("prefix", metavar="PREFIX")
+    bulk.add_argument("n", metavar="N", type=_positive_int)
+    bulk.add_argument("password", metavar="PASSWORD")
+    bulk.add_argument(
+        "--iterations", metavar="K", type=_positive_int,
+        help="SCRAM iteration count (default: auth.password.scram_iterations); SCRAM "
+        "clients refuse fewer than 4096, so accounts made with fewer log in with PLAIN",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    return value
+
+
+def _run_account_command(
+    func: Callable[[config.Config, AccountStore, argparse.Namespace], None],
+    args: argparse.Namespace,
+) -> int:
+    """Load the config, open the store, run `func`; one line on stderr for any refusal."""
+    cfg = _load_or_report(args.config)
+    if cfg is None:
+        return EXIT_FAILURE
+    from mongoose.auth.accounts import AccountError, open_store
+
+    path = cfg.data_path("mongoose.db")
+    try:
+        with contextlib.closing(open_store(cfg)) as store:
+            func(cfg, store, args)
+    except (_Refused, AccountError) as error:
+        print(f"mongoose: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (OSError, sqlite3.Error) as error:
+        print(f"mongoose: cannot use the account store {path}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _served_host(cfg: config.Config, host: str | None) -> str:
+    if host is None:
+        return cfg.default_domain
+    if host.lower() not in cfg.general.hosts:
+        served = ", ".join(cfg.general.hosts)
+        raise _Refused(f"{host} is not a host of this node (general.hosts: {served})")
+    return host.lower()
+
+
+def _user_and_host(cfg: config.Config, jid: str) -> tuple[str, str]:
+    from mongoose.auth.accounts import InvalidUser, normalize_user
+
+    user, at, host = jid.partition("@")
+    if not at or not host:
+        raise _Refused(f"bad JID {jid!r}: expected USER@HOST")
+    try:
+        return normalize_user(user), _served_host(cfg, host)
+    except InvalidUser as error:
+        raise _Refused(f"bad JID {jid!r}: {error}") from None
+
+
+def _password(text: str) -> str:
+    from mongoose.auth.scram import prepare
+
+    try:
+        if not prepare(text):
+            raise _Refused("the password is empty")
+    except ValueError as error:
+        raise _Refused(str(error)) from None
+    return text
+
+
+def _account_register(cfg: config.Config, store: AccountStore, args: argparse.Namespace) -> None:
+    user, host = _user_and_host(cfg, args.jid)
+    store.register(user, host, _password(args.password))
+    print(f"registered {user}@{host}")
+
+
+def _account_unregister(
+    cfg: config.Config, store: AccountStore, args: argparse.Namespace
+) -> None:
+    from mongoose.auth.accounts import NoSuchAccount
+
+    user, host = _user_and_host(cfg, args.jid)
+    if not store.unregister(user, host):
+        raise NoSuchAccount(f"{user}@{host}")
+    print(f"unregistered {user}@{host}")
+
+
+def _account_passwd(cfg: config.Config, store: AccountStore, args: argparse.Namespace) -> None:
+    user, host = _user_and_host(cfg, args.jid)
+    store.set_password(user, host, _password(args.password))
+    print(f"changed the password of {user}@{host}")
+
+
+def _account_list(cfg: config.Config, store: AccountStore, args: argparse.Namespace) -> None:
+    for user in store.list_users(_served_host(cfg, args.host)):
+        print(user)
+
+
+def _account_count(cfg: config.Config, store: AccountStore, args: argparse.Namespace) -> None:
+    print(store.count(_served_host(cfg, args.host)))
+
+
+def _account_bulk_register(
+    cfg: config.Config, store: AccountStore, args: argparse.Namespace
+) -> None:
+    host = _served_host(cfg, args.host)
+    prefix, _ = _user_and_host(cfg, f"{args.prefix}@{host}")
+    password = _password(args.password)
+    accounts = ((f"{prefix}{i}", password) for i in range(1, args.n + 1))
+    created = store.register_many(host, accounts, iterations=args.iterations)
+    print(f"registered {created} accounts on {host}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,8 +14,12 @@ The schema is the dataclasses below. A key is a field declared with `setting(def
 where `check` takes the TOML value and returns the value to store or raises `Invalid(expected)`;
 a table is a field whose type is itself such a dataclass. To add a section, write a frozen
 dataclass of settings and add it to `Config` as `name: Class = field(default_factory=Class)`.
-Arrays of tables (`[[listen.c2s]]`) and named tables (`[modules.*]`) will need one more kind
-of field each when they arrive.
+Two more kinds of field: an array of tables (`[[listen.c2s]]`) is a field typed
+`tuple[Class, ...]` whose default is the tuple used when the array is absent; an optional
+table (`[modules.mod_ping]`: present means enabled) is a field typed `Class | None` whose
+default is None (write the table, even empty, to enable it with its defaults). Checks that
+span several keys (`general.default_server_domain` must be one of `general.hosts`) run in
+`_check_whole` after the tree is read.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import tomllib
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mongoose.logs import LEVELS
@@ -160,6 +165,62 @@ def str_value(value: Any) -> str:
     return value
 
 
+def domain_or_empty(value: Any) -> str:
+    if value == "":
+        return ""
+    if not _is_domain(value):
+        raise Invalid("a domain name")
+    return value.lower()
+
+
+def ip_address(value: Any) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value)) if isinstance(value, str) else _bad_ip()
+    except ValueError:
+        return _bad_ip()
+
+
+def _bad_ip() -> str:
+    raise Invalid('an IP address such as "0.0.0.0", "127.0.0.1" or "::"')
+
+
+SASL_MECHANISMS = (
+    "scram_sha512_plus", "scram_sha256_plus", "scram_sha1_plus",
+    "scram_sha512", "scram_sha256", "scram_sha1", "plain",
+)
+
+
+def mechanism_list(value: Any) -> tuple[str, ...]:
+    expected = "a non-empty list of SASL mechanisms from " + ", ".join(SASL_MECHANISMS)
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(m, str) and m in SASL_MECHANISMS for m in value)
+        or len(set(value)) != len(value)
+    ):
+        raise Invalid(expected)
+    return tuple(value)
+
+
+def hash_list(value: Any) -> tuple[str, ...]:
+    choices = ("sha", "sha256", "sha512")
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(h, str) and h in choices for h in value)
+    ):
+        raise Invalid("a non-empty list from sha, sha256, sha512")
+    return tuple(dict.fromkeys(value))
+
+
+def auth_methods(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or value != ["internal"]:
+        raise Invalid('["internal"] (the embedded SQLite store; "rdbms" comes with PostgreSQL)')
+    return tuple(value)
+
+
 # Schema
 
 
@@ -176,6 +237,11 @@ class General:
     workers: int = setting(0, int_at_least(0))
     # Embedded storage; relative paths are relative to the working directory.
     data_dir: str = setting("data", non_empty_string("a directory path"))
+    # The domain used where a host must be chosen (CLI commands without one); "" means
+    # the first of `hosts`.
+    default_server_domain: str = setting("", domain_or_empty)
+    # Sessions one user may have at once; a login beyond it is refused.
+    max_user_sessions: int = setting(10, int_at_least(1))
 
 
 @dataclass(frozen=True)
@@ -222,13 +288,154 @@ class InternalDatabases:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """`tls` of a c2s listener.
+
+    mode: "starttls_required" (the default: no authentication before TLS, as Prosody and
+    the shipped config do), "starttls" (TLS offered, not required), "tls" (direct TLS on
+    the listener's port, XEP-0368, usually 5223) or "none" (plain TCP only: for
+    benchmarks on loopback). MongooseIM runs a listener without a `tls` table in plain
+    TCP; we keep secure by default and make "none" explicit. Without `certfile` the node
+    generates a self-signed certificate for its hosts under `general.data_dir` on first
+    start. TLS 1.2 is the minimum version.
+    """
+
+    mode: str = setting("starttls_required", one_of("starttls_required", "starttls", "tls", "none"))
+    certfile: str = setting("", str_value)
+    keyfile: str = setting("", str_value)
+
+
+@dataclass(frozen=True)
+class C2sListener:
+    """One `[[listen.c2s]]`: a port for XMPP clients, served by every worker."""
+
+    port: int = setting(5222, port)
+    ip_address: str = setting("0.0.0.0", ip_address)
+    backlog: int = setting(1024, int_at_least(1))
+    # Bytes; a bigger stanza ends the stream with policy-violation.
+    max_stanza_size: int = setting(262_144, int_at_least(1024))
+    # Milliseconds allowed for each negotiation step before login (and for a client
+    # that connects and says nothing): connection-timeout after that.
+    state_timeout: int = setting(5_000, int_at_least(100))
+    tls: Tls = field(default_factory=Tls)
+
+
+@dataclass(frozen=True)
+class Listen:
+    """`[listen]`: the ports the node serves. Without any `[[listen.c2s]]`, one on 5222."""
+
+    c2s: tuple[C2sListener, ...] = (C2sListener(),)
+
+
+@dataclass(frozen=True)
+class Password:
+    """`[auth.password]`: passwords are only ever stored as SCRAM secrets."""
+
+    format: str = setting("scram", one_of("scram"))
+    # SHA families whose SCRAM secrets are stored ("sha" is SHA-1).
+    hash: tuple[str, ...] = setting(("sha", "sha256", "sha512"), hash_list)
+    scram_iterations: int = setting(10_000, int_at_least(4096))
+
+
+@dataclass(frozen=True)
+class FailureDelay:
+    """`[auth.failure_delay]`: failed logins slow down further attempts.
+
+    After each failed authentication the answer waits `base_ms` doubled for every failure
+    already seen from the same connection or address in the last `window_s` seconds, up
+    to `max_ms`; after `max_per_connection` failures the stream is closed.
+    """
+
+    base_ms: int = setting(200, int_at_least(0))
+    max_ms: int = setting(5_000, int_at_least(0))
+    window_s: int = setting(300, int_at_least(1))
+    max_per_connection: int = setting(5, int_at_least(1))
+
+
+@dataclass(frozen=True)
+class Auth:
+    """`[auth]`: who may log in, how."""
+
+    methods: tuple[str, ...] = setting(("internal",), auth_methods)
+    sasl_mechanisms: tuple[str, ...] = setting(SASL_MECHANISMS, mechanism_list)
+    password: Password = field(default_factory=Password)
+    failure_delay: FailureDelay = field(default_factory=FailureDelay)
+
+
+@dataclass(frozen=True)
+class ModDisco:
+    """`[modules.mod_disco]`: XEP-0030 service discovery for the server."""
+
+    # Other services to list in disco#items of each host, e.g. ["conference.localhost"].
+    extra_items: tuple[str, ...] = setting((), lambda v: _string_list(v, "JIDs"))
+
+
+@dataclass(frozen=True)
+class ModPing:
+    """`[modules.mod_ping]`: XEP-0199. Always answers pings; with `send_pings` the server
+    pings each idle client every `ping_interval` s and applies `timeout_action` when no
+    answer comes within `ping_req_timeout` s."""
+
+    send_pings: bool = setting(False, lambda v: _bool(v))
+    ping_interval: int = setting(60, int_at_least(1))
+    ping_req_timeout: int = setting(32, int_at_least(1))
+    timeout_action: str = setting("none", one_of("none", "kill"))
+
+
+@dataclass(frozen=True)
+class ModVersion:
+    """`[modules.mod_version]`: XEP-0092 software version."""
+
+    os_info: bool = setting(False, lambda v: _bool(v))
+
+
+@dataclass(frozen=True)
+class ModTime:
+    """`[modules.mod_time]`: XEP-0202 entity time."""
+
+
+@dataclass(frozen=True)
+class Modules:
+    """`[modules]`: a module runs when its table is present."""
+
+    mod_disco: ModDisco | None = None
+    mod_ping: ModPing | None = None
+    mod_version: ModVersion | None = None
+    mod_time: ModTime | None = None
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid("true or false")
+    return value
+
+
+def _string_list(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise Invalid(f"a list of {what}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration. `source` is the file it came from."""
 
     general: General = field(default_factory=General)
     cluster: Cluster = field(default_factory=Cluster)
     internal_databases: InternalDatabases = field(default_factory=InternalDatabases)
+    listen: Listen = field(default_factory=Listen)
+    auth: Auth = field(default_factory=Auth)
+    modules: Modules = field(default_factory=Modules)
     source: str = "<defaults>"
+
+    @property
+    def default_domain(self) -> str:
+        return self.general.default_server_domain or self.general.hosts[0]
+
+    def data_path(self, path: str) -> Path:
+        """``path`` as configured: relative paths are under `general.data_dir`."""
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.general.data_dir) / p
 
 
 # Loading
@@ -263,18 +470,58 @@ def loads(text: str, source: str = "<string>") -> Config:
 def from_dict(data: Mapping[str, Any], source: str) -> Config:
     """Validate already-parsed TOML `data`."""
     config = _read(Config, data, path="", source=source)
+    _check_whole(config, source)
     return dataclasses.replace(config, source=source)
 
 
-def _schema(cls: type) -> dict[str, Check | type]:
-    """Key name -> its check, or the dataclass of its table; other fields are not keys."""
+def _check_whole(config: Config, source: str) -> None:
+    """Checks that involve more than one key."""
+    domain = config.general.default_server_domain
+    if domain and domain not in config.general.hosts:
+        key = "general.default_server_domain"
+        raise ConfigError(source, f"{key}: expected one of general.hosts, got {domain!r}", key=key)
+    seen: dict[tuple[str, int], int] = {}
+    for i, listener in enumerate(config.listen.c2s):
+        key = f"listen.c2s[{i}]"
+        where = (listener.ip_address, listener.port)
+        if where in seen and listener.port != 0:
+            raise ConfigError(
+                source, f"{key}.port: expected a port no other listener uses, got "
+                f"{listener.port} (as listen.c2s[{seen[where]}])", key=f"{key}.port")
+        seen[where] = i
+        if bool(listener.tls.certfile) != bool(listener.tls.keyfile):
+            raise ConfigError(
+                source, f"{key}.tls: expected both certfile and keyfile, or neither",
+                key=f"{key}.tls")
+
+
+class _ArrayOf(typing.NamedTuple):
+    cls: type
+
+
+class _Optional(typing.NamedTuple):
+    cls: type
+
+
+def _schema(cls: type) -> dict[str, Any]:
+    """Key name -> its check, the dataclass of its table, _ArrayOf(dataclass) for an
+    array of tables or _Optional(dataclass) for a table that may be absent; other fields
+    are not keys."""
     hints = typing.get_type_hints(cls)
-    schema: dict[str, Check | type] = {}
+    schema: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
         if "check" in f.metadata:
             schema[f.name] = f.metadata["check"]
-        elif dataclasses.is_dataclass(hints[f.name]):
-            schema[f.name] = hints[f.name]
+        elif dataclasses.is_dataclass(hint):
+            schema[f.name] = hint
+        elif typing.get_origin(hint) is tuple and args and dataclasses.is_dataclass(args[0]):
+            schema[f.name] = _ArrayOf(args[0])
+        elif len(args) == 2 and type(None) in args:
+            inner = next(a for a in args if a is not type(None))
+            if dataclasses.is_dataclass(inner):
+                schema[f.name] = _Optional(inner)
     return schema
 
 
@@ -290,6 +537,18 @@ def _read(cls: type, table: Any, path: str, source: str) -> Any:
             raise _unknown(source, path, name, schema)
         if isinstance(spec, type):
             values[name] = _read(spec, value, key, source)
+            continue
+        if isinstance(spec, _Optional):
+            values[name] = _read(spec.cls, value, key, source)
+            continue
+        if isinstance(spec, _ArrayOf):
+            if not isinstance(value, list) or not value:
+                raise ConfigError(
+                    source, f"{key}: expected an array of tables ([[{key}]]), got {_show(value)}",
+                    key=key)
+            values[name] = tuple(
+                _read(spec.cls, item, f"{key}[{i}]", source) for i, item in enumerate(value)
+            )
             continue
         try:
             values[name] = spec(value)

@@ -139,6 +139,8 @@ def _parse_worker_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--tcp-host", default="127.0.0.1")
     parser.add_argument("--keys", default=None, help="the cluster's CURVE key file")
     parser.add_argument("--app", default=None, help="module:function returning child specs")
+    parser.add_argument("--app-arg", action="append", default=[],
+                        help="an argument for the --app function (repeatable)")
     parser.add_argument("--creation", type=int, default=None)
     parser.add_argument("--log-format", default="json", choices=["json", "text"])
     parser.add_argument("--log-level", default="info")
@@ -164,12 +166,12 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         root_address=args.root,
     )
     try:
-        return scheduler.run(_worker(runtime, args.app))
+        return scheduler.run(_worker(runtime, args.app, args.app_arg))
     finally:
         scheduler_mod.uninstall(scheduler)
 
 
-async def _worker(runtime: Runtime, app: str | None) -> int:
+async def _worker(runtime: Runtime, app: str | None, app_args: list[str]) -> int:
     from otp.supervisor import Supervisor
 
     loop = asyncio.get_running_loop()
@@ -181,10 +183,16 @@ async def _worker(runtime: Runtime, app: str | None) -> int:
     # the root's supervisor starts the next worker (and the node joins its seeds) only
     # once the node's entry names this worker.
     await runtime.dist.listed()
-    children: list[Any] = _load_app(app)() if app else []
+    children: list[Any] = []
+    strategy = "one_for_one"
+    if app:
+        function = _load_app(app)
+        children = function(*app_args)
+        # The app's module may name its root strategy (OTP: the application's top sup).
+        strategy = getattr(importlib.import_module(function.__module__), "STRATEGY", strategy)
     import otp
 
-    worker_sup = Supervisor.start(strategy="one_for_one", children=children)
+    worker_sup = Supervisor.start(strategy=strategy, children=children)
     await otp.started(worker_sup)
     otp.register("worker_sup", worker_sup.pid)
     scheduler = runtime.scheduler
@@ -201,6 +209,6 @@ async def _worker(runtime: Runtime, app: str | None) -> int:
     return 0
 
 
-def _load_app(path: str) -> Callable[[], list[Any]]:
+def _load_app(path: str) -> Callable[..., list[Any]]:
     module_name, _, func = path.partition(":")
     return getattr(importlib.import_module(module_name), func)

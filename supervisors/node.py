@@ -80,6 +80,7 @@ def node_sup_children(
             keys_file=keys_file,
             log_format=log_format,
             log_level=general.loglevel,
+            config_file=_config_file(config),
         ),
     ]
     if discovery.node_list_file:
@@ -99,6 +100,24 @@ def node_sup_children(
             )
         )
     return children
+
+
+def _config_file(config: Config) -> str | None:
+    """The file workers read the config from (the same file the node validated)."""
+    if config.source.startswith("<"):
+        return None
+    return str(Path(config.source).resolve())
+
+
+def prepare_certificates(config: Config) -> None:
+    """Generate the self-signed certificate (once) before workers start, so that they do
+    not race to create it; listeners with their own certificate files are left alone."""
+    from mongoose import server
+
+    for listener in config.listen.c2s:
+        if listener.tls.mode != "none" and not listener.tls.certfile:
+            server.certificate_paths(config, listener)
+            return
 
 
 def cluster_keys(config: Config) -> tuple[curve.CurveKeys, str]:
@@ -134,6 +153,14 @@ def run(
                 extra={"what": "node_start_failed", "reason": f"{path.parent}: {error}"},
             )
             return 1
+    try:
+        prepare_certificates(config)
+    except (OSError, ValueError) as error:
+        log.critical(
+            "cannot create the TLS certificate",
+            extra={"what": "node_start_failed", "reason": str(error)},
+        )
+        return 1
     try:
         keys, keys_file = cluster_keys(config)
     except (OSError, ValueError) as error:

@@ -1,21 +1,92 @@
 """``worker_sup``: the supervision tree inside each worker process.
 
-``python -m otp.worker --app supervisors.worker:children`` starts these children, left
-to right, under a ``one_for_one`` supervisor, after the worker has joined its node's
-mesh. The tree fills up as the server's parts arrive (shared/DESIGN.md, "Supervision
-trees"): CETS tables, the instrumentation handler, storage pools, router shards,
-modules, the c2s session supervisor and the listener. Until then a worker runs only its
-status actor.
+``python -m otp.worker --app supervisors.worker:children --app-arg CONFIG`` starts these
+children, left to right, under a ``rest_for_one`` supervisor once the worker has joined
+its node's mesh (a child that dies takes down those started after it, which depend on
+it, and they restart together)::
+
+    worker_status    answers the shell and ``mongoose status``
+    xmpp_services    the server context: config, account store, TLS contexts; the
+                     session table; the configured modules (hooks, iq handlers)
+    router_sup       router shard actors router_0 .. router_{R-1} (one_for_one)
+    c2s_sup          simple_one_for_one: one temporary session actor per connection
+    listener         the [[listen.c2s]] ports, SO_REUSEPORT, opened last, closed first
+
+Stopping runs right to left: the listener stops accepting, every session ends its stream
+with ``system-shutdown``, then routers, modules and tables go.
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
+import otp
+from mongoose import config as config_mod
 from mongoose.status import WorkerStatus
-from otp.supervisor import ChildSpec
+from otp.supervisor import ChildSpec, Supervisor
 
-__all__ = ["children"]
+__all__ = ["ROUTER_SHARDS", "STRATEGY", "children"]
+
+ROUTER_SHARDS = 4
+STRATEGY = "rest_for_one"  # read by otp.node for the worker's root supervisor
 
 
-def children() -> list[ChildSpec]:
-    """The worker's child specs, in start order."""
-    return [ChildSpec("worker_status", WorkerStatus.start)]
+class XmppServices(otp.LoopActor):
+    """Sets up what every session of this worker shares; undoes it when stopped."""
+
+    def __init__(self, config: config_mod.Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def on_start(self) -> None:
+        from mongoose import modules, server, sm
+
+        server.setup(self.config)
+        sm.create_table()
+        modules.start_all(self.config)
+
+    def on_stop(self) -> None:
+        from mongoose import modules
+
+        modules.stop_all()
+
+
+class RouterSup(Supervisor):
+    def init(self) -> tuple[dict[str, Any], list[ChildSpec]]:
+        from mongoose.router import RouterShard
+
+        return {"strategy": "one_for_one", "intensity": 10, "period": 10}, [
+            ChildSpec(f"router_{n}", partial(RouterShard.start, n, ROUTER_SHARDS))
+            for n in range(ROUTER_SHARDS)
+        ]
+
+
+class C2SSup(Supervisor):
+    def init(self) -> tuple[dict[str, Any], list[ChildSpec]]:
+        from mongoose.c2s import C2S
+
+        otp.register("c2s_sup", self.pid)
+        # Sessions are temporary: a crashed session is not restarted (its client
+        # reconnects); many crashes must not take the worker's other sessions down.
+        return {"strategy": "simple_one_for_one", "intensity": 1_000_000, "period": 1}, [
+            ChildSpec("c2s", C2S.start, restart="temporary", shutdown=2000)
+        ]
+
+
+def children(config_path: str | None = None) -> list[ChildSpec]:
+    """The worker's child specs, in start order. Without a config file the worker runs
+    only its status actor (the runtime's own tests start workers that way)."""
+    specs = [ChildSpec("worker_status", WorkerStatus.start)]
+    if config_path is None:
+        return specs
+    from mongoose.listener import C2SListener
+
+    config = config_mod.load(config_path)
+    return [
+        *specs,
+        ChildSpec("xmpp_services", partial(XmppServices.start, config)),
+        ChildSpec("router_sup", RouterSup.start, type="supervisor"),
+        ChildSpec("c2s_sup", C2SSup.start, type="supervisor"),
+        ChildSpec("listener", C2SListener.start),
+    ]

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+# Imported here, on the main thread, before any test starts a thread: CPython 3.11's
+# compiler keeps its AST recursion counter per interpreter, so pytest rewriting a module
+# being imported lazily in one thread while another thread compiles can fail with
+# "SystemError: AST constructor recursion depth mismatch". hypothesis's plugin imports
+# hypothesis lazily at the end of the run; slixmpp loads its plugins lazily.
+import hypothesis  # noqa: F401
 import pytest
+import slixmpp.plugins.xep_0030
+import slixmpp.plugins.xep_0092
+import slixmpp.plugins.xep_0199  # noqa: F401
 from dist_harness import TestNode
 from helpers import ProbeHandle
 

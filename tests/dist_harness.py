@@ -143,6 +143,13 @@ class MongooseNode:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "mongooseim.toml"
         seeds_toml = ", ".join(f'"{s}"' for s in seeds)
+        if "[[listen.c2s]]" not in extra_toml:
+            # Runtime tests need no XMPP port: a plain one on any free port per worker
+            # (not the default 5222 with TLS, which every test node would share).
+            extra_toml += '\n[[listen.c2s]]\nport = 0\nip_address = "127.0.0.1"\n' \
+                          'tls.mode = "none"\n'
+        if "[auth" not in extra_toml:
+            extra_toml += "\n[auth.password]\nscram_iterations = 4096\n"
         self.config.write_text(
             f'[general]\nnode_name = "{name}"\nworkers = {workers}\ndata_dir = "data"\n'
             f'[cluster]\nport = {port}\nkeys_file = "{keys_file}"\nseeds = [{seeds_toml}]\n'

@@ -1,0 +1,192 @@
+"""Routing: sharded router actors that deliver packets by the rules of RFC 6120/6121.
+
+Each worker runs ``shards`` router actors (registered ``router_0`` ...). A session hands a
+packet to :func:`route`, which tells the shard ``hash(bare destination) % shards`` of the
+same worker: packets to one destination from one worker keep their order, and a busy
+destination holds up only its shard.
+
+Delivery rules (:meth:`RouterShard.deliver`), for a destination on one of our hosts:
+
+* **The server itself** (no local part): iq goes to the handler registered for the
+  namespace of its payload (:mod:`mongoose.iq`), others to ``feature-not-implemented`` /
+  ``service-unavailable``; messages and presence to the server are dropped.
+* **A full JID** with a matching session: delivered to it. Without one: a ``normal``,
+  ``chat`` or ``headline`` message is handled as if sent to the bare JID (RFC 6121
+  §8.5.3.2.1); a ``groupchat`` message and an iq get ``service-unavailable``; presence
+  is dropped.
+* **A bare JID**: a message goes to the sessions with the highest non-negative priority
+  (all of them if several share it; ``headline`` to all non-negative ones), and when
+  there is none to the ``offline_message`` hook, whose default is to bounce
+  ``service-unavailable`` for normal and chat messages and drop the rest; presence goes
+  to every session that sent available presence; an iq is answered by the server on
+  the account's behalf (``service-unavailable`` until modules such as vCard register
+  there).
+
+A destination on another domain gets ``remote-server-not-found`` (no server-to-server yet).
+An error is never answered with an error (RFC 6120 §8.3.1).
+
+The ``filter_local_packet`` hook runs before local delivery; ``Stop`` drops the packet.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import otp
+from mongoose import iq as iq_handlers
+from mongoose import packet as packet_mod
+from mongoose import sm
+from mongoose.hooks import hooks
+from mongoose.packet import Packet
+
+__all__ = ["RouterShard", "bounce", "route", "shard_name"]
+
+log = logging.getLogger(__name__)
+
+_shards: list[Any] = []  # ActorRefs of this worker's shards, index = shard number
+_hosts: frozenset[str] = frozenset()
+
+
+def shard_name(n: int) -> str:
+    return f"router_{n}"
+
+
+def route(packet: Packet) -> None:
+    """Hand ``packet`` to this worker's shard for its destination (never blocks)."""
+    to = packet[1]
+    bare = to.partition("/")[0]
+    _shards[hash(bare) % len(_shards)].tell(("route", packet))
+
+
+def configure(hosts: tuple[str, ...] | frozenset[str]) -> None:
+    global _hosts
+    _hosts = frozenset(hosts)
+
+
+def is_local(domain: str) -> bool:
+    return domain in _hosts
+
+
+def _parts(jid: str) -> tuple[str, str, str]:
+    """(local, domain, resource) of a JID string already validated by its sender."""
+    bare, _, resource = jid.partition("/")
+    local, at, domain = bare.rpartition("@")
+    if not at:
+        return "", bare, resource
+    return local, domain, resource
+
+
+class RouterShard(otp.LoopActor):
+    """One router shard of this worker; see the module docstring."""
+
+    pykka_registry = False
+
+    def __init__(self, n: int, shards: int) -> None:
+        super().__init__()
+        self.n = n
+        self.shards = shards
+        self.routed = 0
+
+    def on_start(self) -> None:
+        otp.register(shard_name(self.n), self.pid)
+        while len(_shards) < self.shards:
+            _shards.append(None)
+        _shards[self.n] = self.actor_ref
+
+    def on_stop(self) -> None:
+        if self.n < len(_shards) and _shards[self.n] is self.actor_ref:
+            _shards[self.n] = None
+
+    def on_receive(self, message: Any) -> Any:
+        if type(message) is tuple and message[0] == "route":
+            self.routed += 1
+            deliver(message[1])
+            return None
+        if message == "statistics":
+            return {"routed": self.routed}
+        return super().on_receive(message)
+
+
+def deliver(packet: Packet) -> None:
+    """Apply the delivery rules to ``packet`` (runs in a router shard)."""
+    local, domain, resource = _parts(packet[1])
+    if domain not in _hosts:
+        bounce(packet, "remote-server-not-found")
+        return
+    if hooks.has("filter_local_packet", domain):
+        result = hooks.run("filter_local_packet", packet, domain)
+        if result is None:
+            return
+        packet = result
+    name = packet[2]
+    if not local:
+        _to_server(packet, domain)
+        return
+    bare = f"{local}@{domain}"
+    sessions = sm.sessions(bare)
+    if resource:
+        for record in sessions:
+            if record[1] == resource:
+                otp.send(record[2], ("route", packet))
+                return
+        if name == "message" and packet[3] != "groupchat":
+            _message_to_bare(packet, sessions, domain)
+        elif name == "iq" or name == "message":
+            bounce(packet, "service-unavailable")
+        return  # presence to an unavailable resource: dropped (RFC 6121 §8.5.3.2.2)
+    if name == "message":
+        _message_to_bare(packet, sessions, domain)
+    elif name == "presence":
+        for record in sessions:
+            if record[3] is not None:
+                otp.send(record[2], ("route", packet))
+    else:
+        _iq_to_account(packet, domain)
+
+
+def _message_to_bare(packet: Packet, sessions: list[sm.SessionRecord], domain: str) -> None:
+    available = [r for r in sessions if r[3] is not None and r[3] >= 0]
+    if available:
+        if packet[3] == "headline":
+            targets = available
+        else:
+            top = max(r[3] for r in available)  # type: ignore[type-var]
+            targets = [r for r in available if r[3] == top]
+        for record in targets:
+            otp.send(record[2], ("route", packet))
+        return
+    outcome = hooks.run("offline_message", "bounce", domain, packet=packet)
+    if outcome == "bounce" and packet[3] in ("", "normal", "chat"):
+        bounce(packet, "service-unavailable")
+
+
+def _to_server(packet: Packet, domain: str) -> None:
+    if packet[2] != "iq":
+        return  # messages and presence to the server itself: nothing to do yet
+    if packet[3] not in ("get", "set"):
+        return  # results and errors addressed to the server (answers to its pings)
+    reply = iq_handlers.handle(packet, domain, scope="server")
+    if reply is not None:
+        route(reply)
+
+
+def _iq_to_account(packet: Packet, domain: str) -> None:
+    if packet[3] not in ("get", "set"):
+        return
+    reply = iq_handlers.handle(packet, domain, scope="account")
+    if reply is not None:
+        route(reply)
+
+
+def bounce(packet: Packet, condition: str, text: str | None = None) -> None:
+    """Send the error reply for ``packet`` back to its sender (never for an error)."""
+    from mongoose.xmpp.errors import is_error, make_error_reply
+
+    if packet[3] == "error":
+        return
+    el = packet_mod.element(packet)
+    if is_error(el):
+        return
+    reply = make_error_reply(el, condition, text)
+    route(packet_mod.from_element(reply, packet[1], packet[0]))

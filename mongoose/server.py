@@ -1,0 +1,91 @@
+"""What every part of a worker shares: the config, the account store, TLS contexts.
+
+:func:`setup` runs once when a worker's tree starts (``supervisors.worker``), before any
+session; :func:`current` is then what sessions, routers and modules read. Kept as one
+small object so tests can build one for a process of their own.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from mongoose.config import C2sListener, Config
+
+__all__ = ["Server", "current", "setup"]
+
+
+@dataclass
+class Server:
+    config: Config
+    store: Any  # mongoose.auth.accounts.AccountStore
+    hosts: frozenset[str]
+    tls_contexts: dict[int, ssl.SSLContext] = field(default_factory=dict)  # by listener index
+    # RFC 5929 tls-server-end-point data of each listener's certificate, by listener index
+    end_points: dict[int, bytes | None] = field(default_factory=dict)
+    throttle: Any = None  # mongoose.auth.sasl.FailureThrottle
+    # Key for the fake SCRAM salts of unknown users: the same on every worker and node of
+    # the cluster and across restarts (derived from the cluster keys), so asking twice
+    # cannot tell a fake salt from a real one.
+    fake_salt_key: bytes | None = None
+
+    def tls_context(self, index: int) -> ssl.SSLContext | None:
+        return self.tls_contexts.get(index)
+
+
+_current: Server | None = None
+
+
+def certificate_paths(config: Config, listener: C2sListener) -> tuple[str, str]:
+    """The certificate and key files of ``listener``: configured, or the generated ones."""
+    if listener.tls.certfile:
+        return str(config.data_path(listener.tls.certfile)), str(
+            config.data_path(listener.tls.keyfile))
+    from mongoose import tls
+
+    cert, key = tls.ensure_certificate(config.data_path("certs"), list(config.general.hosts))
+    return str(cert), str(key)
+
+
+def setup(config: Config) -> Server:
+    """Build this process's server context from ``config``."""
+    global _current
+    from mongoose import router
+    from mongoose import tls as tls_mod
+    from mongoose.auth import accounts, sasl
+
+    contexts, end_points = {}, {}
+    for i, listener in enumerate(config.listen.c2s):
+        if listener.tls.mode != "none":
+            cert, key = certificate_paths(config, listener)
+            contexts[i] = tls_mod.server_context(cert, key)
+            end_points[i] = tls_mod.certificate_end_point(cert)
+    failure = config.auth.failure_delay
+    _current = Server(
+        config=config,
+        store=accounts.open_store(config),
+        hosts=frozenset(config.general.hosts),
+        tls_contexts=contexts,
+        end_points=end_points,
+        throttle=sasl.FailureThrottle(failure.base_ms, failure.max_ms, failure.window_s),
+        fake_salt_key=_salt_key(config),
+    )
+    router.configure(config.general.hosts)
+    return _current
+
+
+def _salt_key(config: Config) -> bytes | None:
+    import hashlib
+
+    try:
+        secret = config.data_path(config.cluster.keys_file).read_bytes()
+    except OSError:
+        return None  # a random key per process: still no leak from one worker
+    return hashlib.sha256(b"mongoose fake SCRAM salt\0" + secret).digest()
+
+
+def current() -> Server:
+    if _current is None:
+        raise RuntimeError("the server context is not set up in this process")
+    return _current

@@ -1,0 +1,136 @@
+"""XMPP nodes for tests: a real ``mongoose foreground`` with c2s ports and accounts.
+
+:func:`xmpp_node` writes a config with a STARTTLS-required listener and a direct-TLS
+listener on free ports (and any extra TOML), starts the node and registers accounts
+straight into its SQLite store (the same file ``mongoose account register`` writes).
+:class:`RawClient` speaks bytes over a plain socket, for the cases where the exact bytes
+matter (hostile input, stream errors).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+from dist_harness import MongooseNode, free_port
+
+DOMAIN = "localhost"
+PASSWORD = "secret-password"
+
+
+def xmpp_node(directory: Path, name: str, keys_file: str, *, workers: int = 2,
+              users: tuple[str, ...] = ("alice", "bob", "carol"), extra_toml: str = "",
+              listen_toml: str | None = None, seeds: list[str] = ()) -> MongooseNode:  # type: ignore[assignment]
+    """Start a node serving ``localhost`` and register ``users`` with PASSWORD."""
+    c2s, tls = free_port(), free_port()
+    if listen_toml is None:
+        listen_toml = (
+            f'[[listen.c2s]]\nport = {c2s}\nip_address = "127.0.0.1"\nstate_timeout = 2000\n'
+            f'max_stanza_size = 65536\ntls.mode = "starttls_required"\n'
+            f'[[listen.c2s]]\nport = {tls}\nip_address = "127.0.0.1"\ntls.mode = "tls"\n'
+        )
+    toml = (
+        listen_toml
+        + "[auth.password]\nscram_iterations = 4096\n"
+        + "[auth.failure_delay]\nbase_ms = 0\n"
+        + "[modules.mod_disco]\n[modules.mod_ping]\n[modules.mod_version]\n[modules.mod_time]\n"
+        + extra_toml
+    )
+    node = MongooseNode(directory, name, port=free_port(), keys_file=keys_file,
+                        workers=workers, extra_toml=toml, seeds=list(seeds))
+    node.c2s_port = c2s  # type: ignore[attr-defined]
+    node.tls_port = tls  # type: ignore[attr-defined]
+    node.start()
+    register(node, users)
+    return node
+
+
+def store(node: MongooseNode) -> Any:
+    from mongoose import config as config_mod
+    from mongoose.auth import accounts
+
+    cfg = config_mod.load(node.config)
+    return accounts.SqliteAccountStore(
+        node.dir / cfg.general.data_dir / "mongoose.db",
+        hashes=cfg.auth.password.hash, iterations=cfg.auth.password.scram_iterations)
+
+
+def register(node: MongooseNode, users: tuple[str, ...], password: str = PASSWORD) -> None:
+    accounts = store(node)
+    for user in users:
+        accounts.register(user, DOMAIN, password)
+
+
+class RawClient:
+    """A client socket for exact bytes: send, and read until a pattern or the close."""
+
+    def __init__(self, port: int, *, timeout: float = 10.0) -> None:
+        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout)
+        self.buffer = b""
+        self.closed = False
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def open_stream(self, to: str = DOMAIN) -> bytes:
+        """Send a stream header; return everything up to the end of the features."""
+        self.send(f"<?xml version='1.0'?><stream:stream to='{to}' version='1.0' "
+                  "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+        return self.read_until(rb"</stream:features>")
+
+    def starttls(self) -> None:
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.read_until(rb"<proceed")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.sock = context.wrap_socket(self.sock, server_hostname=DOMAIN)
+        self.buffer = b""
+
+    def read_until(self, pattern: bytes, timeout: float = 10.0) -> bytes:
+        """Read until ``pattern`` (a regex) matches the data so far; return that data.
+        Raises AssertionError if the connection closes first or the deadline passes."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while not regex.search(self.buffer):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {pattern!r} within {timeout}s in {self.buffer[-500:]!r}")
+            if not self._recv(remaining):
+                raise AssertionError(f"closed before {pattern!r}: {self.buffer[-500:]!r}")
+        data, self.buffer = self.buffer, b""
+        return data
+
+    def read_to_close(self, timeout: float = 10.0) -> bytes:
+        """Everything until the server closes the connection (AssertionError if it does
+        not within ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while not self.closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"still open after {timeout}s: {self.buffer[-500:]!r}")
+            self._recv(remaining)
+        data, self.buffer = self.buffer, b""
+        return data
+
+    def _recv(self, timeout: float) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            return True
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            chunk = b""
+        if not chunk:
+            self.closed = True
+            return False
+        self.buffer += chunk
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
