@@ -528,6 +528,7 @@ class C2S(otp.LoopActor):
             "what": "c2s_auth_failed", "peer": self.peer, "condition": condition,
             "failures": self.auth_failures})
         if delay > 0:
+            self.state_seq += 1  # the wait is ours: no connection-timeout meanwhile
             await asyncio.sleep(delay)
         if self.closed:
             return
@@ -592,7 +593,7 @@ class C2S(otp.LoopActor):
         if _FAULTS and el.find(_CRASH_TAG) is not None:
             raise RuntimeError("crash requested by a test (OTP_FAULT_INJECTION=1)")
         sender = el.get("from")
-        if sender is not None and sender != self.jid_str and sender != self.bare_str:
+        if sender is not None and sender != self.jid_str and not self._is_own_jid(sender):
             self._close_with_error("invalid-from", "from does not match the session's JID")
             return
         to_attr = el.get("to")
@@ -623,6 +624,15 @@ class C2S(otp.LoopActor):
         if name == "presence":
             self._directed_presence(el, to)
         router.route(packet_mod.from_element(el, self.jid_str, to))
+
+    def _is_own_jid(self, text: str) -> bool:
+        """``text`` names this session (full JID) or its account (bare JID), compared
+        after preparation (RFC 7622: local part and domain are case-insensitive)."""
+        try:
+            jid = JID.parse(text)
+        except InvalidJID:
+            return False
+        return str(jid) == self.jid_str or (jid.resource is None and jid.bare_str == self.bare_str)
 
     def _reply_error(self, el: etree._Element, condition: str, text: str | None = None) -> None:
         reply = errors.make_error_reply(el, condition, text)
@@ -676,8 +686,11 @@ class C2S(otp.LoopActor):
                 self.last_presence, self.jid_str, jid)))
 
     def _go_unavailable(self, el: etree._Element | None) -> None:
-        if not self.available:
+        """Unavailable presence to our other resources and to everyone we sent directed
+        presence to (RFC 6121 §4.6.3: also when we never sent initial presence)."""
+        if not self.available and not self.directed:
             return
+        was_available = self.available
         self.available = False
         self.last_presence = None
         if el is None:
@@ -685,7 +698,7 @@ class C2S(otp.LoopActor):
                                nsmap={None: ns.CLIENT})
         else:
             el.set("type", "unavailable")
-        for record in sm.sessions(self.bare_str):
+        for record in sm.sessions(self.bare_str) if was_available else ():
             if record[2] != self.pid:
                 otp.send(record[2], ("own_presence", packet_mod.from_element(
                     el, self.jid_str, f"{record[0]}/{record[1]}")))

@@ -110,8 +110,9 @@ class Hooks:
             except Exception:
                 log.exception(
                     "hook handler crashed",
+                    # "module" is a field of every LogRecord already, hence "hook_module".
                     extra={"what": "hook_handler_crashed", "hook": name,
-                           "module": entry.module, "handler": _name(entry.handler)},
+                           "hook_module": entry.module, "handler": _name(entry.handler)},
                 )
                 continue
             if type(result) is Stop:

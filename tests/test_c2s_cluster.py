@@ -80,3 +80,54 @@ def test_stopping_a_node_ends_every_stream_with_system_shutdown(tmp_path, test_n
         assert node.wait(timeout=30) == 0
     finally:
         node.kill()
+
+
+def test_a_dead_workers_sessions_leave_the_session_table(tmp_path, test_node, loop):
+    """kill -9 of the worker holding bob's session: his connection drops, a message to
+    him bounces (his session is gone from every replica), and alice, on the other
+    worker, is still served; the supervisor starts a new worker that takes logins."""
+    import os
+
+    node = xmpp_node(tmp_path, "xw@localhost", test_node.keys_file, users=("alice", "bob"))
+    try:
+        workers = {node.wait_for("worker_up", worker=n)["worker"]: None for n in (1, 2)}
+        assert set(workers) == {1, 2}
+        alice = Client(loop, f"alice@{DOMAIN}/a", PASSWORD, port=node.c2s_port).connect()
+        alice_worker = node.wait_for("c2s_session_open", jid=alice.jid)["worker"]
+        for attempt in range(20):
+            bob = Client(loop, f"bob@{DOMAIN}/b{attempt}", PASSWORD, port=node.c2s_port)
+            bob.connect()
+            bob_worker = node.wait_for("c2s_session_open", jid=bob.jid)["worker"]
+            if bob_worker != alice_worker:
+                break
+            bob.disconnect()
+        else:
+            pytest.fail("the kernel put every connection on one worker")
+        alice.send_message(bob.jid, "hello")
+        wait_until(lambda: bob.bodies() == ["hello"], what="bob reachable")
+        os.kill(_worker_os_pid(node, bob_worker), 9)
+        wait_until(bob.disconnected.is_set, what="bob's connection dropped with his worker")
+
+        def bounced() -> bool:
+            alice.send_message(f"bob@{DOMAIN}", "still there?")
+            return any(m["type"] == "error" for m in alice.messages)
+
+        wait_until(bounced, timeout=20, what="a message to bob bounces")
+        node.wait_for("worker_up", worker=bob_worker, timeout=30)
+        again = Client(loop, f"bob@{DOMAIN}/again", PASSWORD, port=node.c2s_port).connect()
+        alice.send_message(again.jid, "welcome back")
+        wait_until(lambda: "welcome back" in again.bodies(), what="bob served again")
+    finally:
+        node.kill()
+
+
+def _worker_os_pid(node, worker: int) -> int:
+    import psutil
+
+    root = psutil.Process(node.proc.pid)
+    for child in root.children(recursive=True):
+        cmdline = child.cmdline()
+        if "otp.worker" in " ".join(cmdline) and cmdline[cmdline.index("--worker") + 1] == str(
+                worker):
+            return child.pid
+    raise AssertionError(f"no process for worker {worker}")

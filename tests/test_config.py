@@ -121,15 +121,16 @@ def test_unknown_key(tmp_path):
     assert error.key == "general.hsots"
     assert "unknown key general.hsots" in str(error)
     assert "did you mean hosts?" in str(error)
-    assert "expected one of data_dir, hosts, loglevel, node_name, workers" in str(error)
+    assert ("expected one of data_dir, default_server_domain, hosts, loglevel, "
+            "max_user_sessions, node_name, workers") in str(error)
 
 
 def test_unknown_section(tmp_path):
     """A top-level section the server does not know is an error naming it."""
-    error = load_error(tmp_path, "[[listen.c2s]]\nport = 5222\n")
-    assert error.key == "listen"
-    assert "unknown section listen" in str(error)
-    assert "expected one of cluster, general" in str(error)
+    error = load_error(tmp_path, "[[outgoing_pools.rdbms]]\nport = 5432\n")
+    assert error.key == "outgoing_pools"
+    assert "unknown section outgoing_pools" in str(error)
+    assert "expected one of auth, cluster, general" in str(error)
 
 
 def test_unknown_top_level_key(tmp_path):
@@ -190,3 +191,60 @@ def test_cluster_section_defaults_and_errors(tmp_path):
     assert error.key == "cluster.seeds" and "host:port" in str(error)
     error = load_error(tmp_path, "[cluster]\nport = 70000\n")
     assert error.key == "cluster.port" and "0 to 65535" in str(error)
+
+
+def test_c2s_listeners_array_and_errors(tmp_path):
+    """[[listen.c2s]] is an array of tables; each entry's keys are checked with its index."""
+    path = tmp_path / "mongooseim.toml"
+    path.write_text('[[listen.c2s]]\nport = 5222\n[[listen.c2s]]\nport = 5223\n'
+                    'tls.mode = "tls"\n')
+    listeners = config.load(path).listen.c2s
+    assert [(c.port, c.tls.mode) for c in listeners] == [(5222, "starttls_required"),
+                                                         (5223, "tls")]
+    error = load_error(tmp_path, '[[listen.c2s]]\nport = 5222\n[[listen.c2s]]\n'
+                       'tls.mode = "ssl"\n')
+    assert error.key == "listen.c2s[1].tls.mode"
+    assert "expected one of starttls_required, starttls, tls, none" in str(error)
+    error = load_error(tmp_path, "[[listen.c2s]]\nport = 5222\n[[listen.c2s]]\nport = 5222\n")
+    assert error.key == "listen.c2s[1].port"
+    error = load_error(tmp_path, '[listen]\nc2s = 5\n')
+    assert "listen.c2s: expected an array of tables" in str(error)
+    error = load_error(tmp_path, '[[listen.c2s]]\ntls.certfile = "a.pem"\n')
+    assert "both certfile and keyfile" in str(error)
+
+
+def test_default_listener_requires_tls(tmp_path):
+    """Without [[listen.c2s]] the node listens on 5222 and requires STARTTLS."""
+    (listener,) = config.loads("").listen.c2s
+    assert (listener.port, listener.tls.mode) == (5222, "starttls_required")
+
+
+def test_auth_section(tmp_path):
+    """[auth]: mechanisms, SCRAM-only password format, iteration floor."""
+    cfg = config.loads('[auth]\nsasl_mechanisms = ["scram_sha256", "plain"]\n'
+                       '[auth.password]\nscram_iterations = 4096\n')
+    assert cfg.auth.sasl_mechanisms == ("scram_sha256", "plain")
+    assert cfg.auth.password.scram_iterations == 4096
+    for toml, key, expected in [
+        ('[auth]\nsasl_mechanisms = ["digest_md5"]\n', "auth.sasl_mechanisms", "SASL"),
+        ('[auth.password]\nformat = "plain"\n', "auth.password.format", "one of scram"),
+        ("[auth.password]\nscram_iterations = 10\n", "auth.password.scram_iterations",
+         ">= 4096"),
+    ]:
+        error = load_error(tmp_path, toml)
+        assert error.key == key and expected in str(error), str(error)
+
+
+def test_modules_are_enabled_by_their_table(tmp_path):
+    """A [modules.mod_*] table enables the module; unknown modules are errors."""
+    cfg = config.loads("[modules.mod_ping]\nsend_pings = true\n[modules.mod_disco]\n")
+    assert cfg.modules.mod_ping is not None and cfg.modules.mod_ping.send_pings
+    assert cfg.modules.mod_disco is not None and cfg.modules.mod_version is None
+    error = load_error(tmp_path, "[modules.mod_pong]\n")
+    assert "unknown key modules.mod_pong (did you mean mod_ping?)" in str(error)
+
+
+def test_default_server_domain_must_be_served(tmp_path):
+    """general.default_server_domain names one of general.hosts."""
+    error = load_error(tmp_path, '[general]\nhosts = ["a.org"]\ndefault_server_domain = "b.org"\n')
+    assert error.key == "general.default_server_domain"

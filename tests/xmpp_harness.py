@@ -134,3 +134,97 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def c2s_listeners_toml(*modes: str, state_timeout: int = 2000,
+                       max_stanza_size: int = 65536) -> tuple[str, list[int]]:
+    """TOML for one ``[[listen.c2s]]`` on 127.0.0.1 per TLS mode in ``modes``, each on a
+    fresh port; returns the TOML and the ports in the same order."""
+    ports = [free_port() for _ in modes]
+    toml = "".join(
+        f'[[listen.c2s]]\nport = {port}\nip_address = "127.0.0.1"\n'
+        f"state_timeout = {state_timeout}\nmax_stanza_size = {max_stanza_size}\n"
+        f'tls.mode = "{mode}"\n'
+        for port, mode in zip(ports, modes, strict=True))
+    return toml, ports
+
+
+def xmpp_node_with(directory: Path, name: str, keys_file: str, *, workers: int = 2,
+                   users: tuple[str, ...] = ("alice", "bob", "carol"),
+                   modes: tuple[str, ...] = ("starttls_required", "tls"),
+                   state_timeout: int = 2000, general_toml: str = "",
+                   auth_toml: str = "[auth.failure_delay]\nbase_ms = 0\n",
+                   modules_toml: str = ("[modules.mod_disco]\n[modules.mod_ping]\n"
+                                        "[modules.mod_version]\n[modules.mod_time]\n"),
+                   ) -> MongooseNode:
+    """Like :func:`xmpp_node`, for configs it cannot express: keys of ``[general]``
+    (``general_toml``, e.g. ``max_user_sessions = 2``), ``[auth.*]`` tables other than
+    ``[auth.password]`` (``auth_toml``) and the ``[modules.*]`` tables (``modules_toml``).
+
+    One listener per TLS mode in ``modes``. The node gets ``listener_ports`` (in the
+    order of ``modes``) and, for the first listener of each mode, ``c2s_port``
+    (starttls_required), ``starttls_port`` (starttls), ``tls_port`` (tls) and
+    ``plain_port`` (none).
+    """
+    listen, ports = c2s_listeners_toml(*modes, state_timeout=state_timeout)
+    toml = (listen + "[auth.password]\nscram_iterations = 4096\n" + auth_toml
+            + modules_toml)
+    node = MongooseNode(directory, name, port=free_port(), keys_file=keys_file,
+                        workers=workers, extra_toml=toml)
+    if general_toml:
+        text = node.config.read_text()
+        node.config.write_text(text.replace("[general]\n", "[general]\n" + general_toml
+                                            .rstrip("\n") + "\n", 1))
+    node.listener_ports = ports  # type: ignore[attr-defined]
+    by_mode = {"starttls_required": "c2s_port", "starttls": "starttls_port",
+               "tls": "tls_port", "none": "plain_port"}
+    for mode, port in reversed(list(zip(modes, ports, strict=True))):
+        setattr(node, by_mode[mode], port)
+    node.start()
+    register(node, users)
+    return node
+
+
+def raw_authenticate(port: int, user: str, *, password: str = PASSWORD,
+                     starttls: bool = True, timeout: float = 10.0) -> tuple[RawClient, bytes]:
+    """A RawClient that has authenticated as ``user`` with SASL PLAIN (after STARTTLS
+    unless told not to) and restarted the stream; returns it and the stream features
+    it got then (bind). Raises AssertionError if a step fails."""
+    import base64
+
+    raw = RawClient(port, timeout=timeout)
+    try:
+        raw.open_stream()
+        if starttls:
+            raw.starttls()
+            raw.open_stream()
+        credentials = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        raw.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                 f"{credentials}</auth>")
+        reply = raw.read_until(rb"</success>|<success[^>]*/>|</failure>|<failure[^>]*/>",
+                               timeout)
+        assert b"<success" in reply, reply
+        return raw, raw.open_stream()
+    except BaseException:
+        raw.close()
+        raise
+
+
+def raw_login(port: int, user: str, resource: str, *, password: str = PASSWORD,
+              starttls: bool = True, timeout: float = 10.0) -> tuple[RawClient, str]:
+    """A RawClient logged in as ``user`` (see :func:`raw_authenticate`) and bound to
+    ``resource``; returns it and the JID the server bound. It has sent no presence.
+    Raises AssertionError if any step fails."""
+    raw, features = raw_authenticate(port, user, password=password, starttls=starttls,
+                                     timeout=timeout)
+    try:
+        assert b"urn:ietf:params:xml:ns:xmpp-bind" in features, features
+        raw.send("<iq type='set' id='raw-bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                 f"<resource>{resource}</resource></bind></iq>")
+        bound = raw.read_until(rb"</iq>|<iq[^>]*/>", timeout)
+        match = re.search(rb"<jid>([^<]+)</jid>", bound)
+        assert match is not None, bound
+        return raw, match.group(1).decode()
+    except BaseException:
+        raw.close()
+        raise
