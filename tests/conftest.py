@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-# Imported here, on the main thread, before any test starts a thread: CPython 3.11's
-# compiler keeps its AST recursion counter per interpreter, so pytest rewriting a module
-# being imported lazily in one thread while another thread compiles can fail with
-# "SystemError: AST constructor recursion depth mismatch". hypothesis's plugin imports
-# hypothesis lazily at the end of the run; slixmpp loads its plugins lazily.
+# Imported up front, on the main thread (see ast_lock): hypothesis's plugin imports it
+# lazily at the end of the run, slixmpp its plugins when a client registers them.
+import ast_lock  # noqa: F401
 import hypothesis  # noqa: F401
 import pytest
 import slixmpp.plugins.xep_0030

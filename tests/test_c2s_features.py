@@ -675,3 +675,30 @@ def test_an_account_registered_with_the_cli_can_log_in(node, loop, clients):
     wrong = Client(loop, f"newcomer@{DOMAIN}/wrong", PASSWORD, port=node.c2s_port)
     clients.append(wrong)
     assert wrong.try_connect() in ("failed_auth", "disconnected")
+
+
+def test_starttls_serves_the_configured_certificate(tmp_path, test_node):
+    """tls.certfile/keyfile from the config are what STARTTLS presents (not the
+    generated self-signed certificate)."""
+    from dist_harness import free_port
+    from xmpp_harness import xmpp_node
+
+    cert, key = tls.ensure_certificate(tmp_path / "mine", ["localhost"])
+    port = free_port()
+    node = xmpp_node(tmp_path, "certs@localhost", test_node.keys_file, users=(), listen_toml=(
+        f'[[listen.c2s]]\nport = {port}\nip_address = "127.0.0.1"\n'
+        f'tls.certfile = "{cert}"\ntls.keyfile = "{key}"\n'))
+    try:
+        raw = RawClient(port)
+        try:
+            raw.open_stream()
+            raw.starttls()
+            assert isinstance(raw.sock, ssl.SSLSocket)
+            served = raw.sock.getpeercert(binary_form=True)
+            assert raw.sock.version() in ("TLSv1.2", "TLSv1.3")
+        finally:
+            raw.close()
+    finally:
+        node.kill()
+    expected = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    assert hashlib.sha256(served).digest() == hashlib.sha256(expected).digest()

@@ -7,6 +7,7 @@ node's listener has ``max_stanza_size = 65536`` and ``state_timeout = 2000`` ms.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 
@@ -190,3 +191,29 @@ def test_the_node_still_serves_clients_after_all_that(node):
         client.disconnect()
     finally:
         loop.close()
+
+
+def test_a_client_that_does_not_read_is_disconnected(node):
+    """A client that sends itself messages and never reads what comes back is cut off
+    once the server's write buffer for it passes its limit (c2s_slow_consumer), instead
+    of the server buffering for it without end."""
+    from xmpp_harness import raw_login
+
+    raw, jid = raw_login(node.c2s_port, "bob", "deaf")
+    try:
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stanza = (f"<message to='{jid}' type='chat'><body>{'x' * 8000}</body></message>"
+                  ).encode()
+        raw.sock.settimeout(0.5)
+        sent = 0
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            try:
+                raw.sock.sendall(stanza * 16)
+            except (TimeoutError, OSError):
+                break  # the server stopped reading us, or closed the connection
+            sent += 16
+        node.wait_for("c2s_slow_consumer", timeout=30)
+        assert sent * len(stanza) > 8 << 20
+    finally:
+        raw.close()
