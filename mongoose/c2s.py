@@ -58,6 +58,7 @@ import secrets
 import time
 from typing import Any
 
+import pykka
 from lxml import etree
 
 import otp
@@ -133,10 +134,13 @@ class C2SProtocol(asyncio.Protocol):
         self.early.clear()
 
     def _tell(self, message: Any) -> None:
-        if self.actor is not None:
-            self.actor.tell(message)
-        else:
+        if self.actor is None:
             self.early.append(message)
+            return
+        # The session may have ended already (it closed the stream itself): as with
+        # otp.send, a message to a dead actor is dropped.
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor.tell(message)
 
     def data_received(self, data: bytes) -> None:
         self.unprocessed += len(data)
@@ -417,6 +421,11 @@ class C2S(otp.LoopActor):
             self._close(send_end=True)
             return None
         self._write(f"<proceed xmlns='{ns.TLS}'/>".encode())
+        # Stop reading now, in this very handler: the client's TLS ClientHello follows
+        # <proceed/> at once, and bytes read before start_tls takes over the transport
+        # would go to the XML parser instead of the TLS layer (start_tls resumes reading).
+        if self.transport is not None:
+            self.transport.pause_reading()
         return self._upgrade(context)
 
     async def _upgrade(self, context: Any) -> None:

@@ -24,7 +24,8 @@ HEADER = ("<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, test_node: TestNode) -> Iterator[MongooseNode]:
-    n = xmpp_node(tmp_path_factory.mktemp("hostile"), "hostile@localhost", test_node.keys_file)
+    n = xmpp_node(tmp_path_factory.mktemp("hostile"), "hostile@localhost", test_node.keys_file,
+                  state_timeout=2000)
     yield n
     n.kill()
 

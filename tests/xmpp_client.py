@@ -18,12 +18,22 @@ from typing import Any
 
 import slixmpp
 
+_loops: list[asyncio.AbstractEventLoop] = []
+
 
 class ClientLoop:
-    """An asyncio loop on a daemon thread; ``run(coro)`` runs a coroutine there."""
+    """An asyncio loop on a daemon thread; ``run(coro)`` runs a coroutine there.
+
+    :meth:`close` stops the loop but never closes it, and the loop is kept referenced
+    until the process ends: slixmpp's objects call ``loop.call_soon`` from ``__del__``,
+    which on a closed loop raises inside the garbage collector -- and formatting that
+    "exception ignored" report parses source with ``ast`` at an arbitrary point, which
+    CPython 3.11 cannot always survive (see ast_lock.py).
+    """
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        _loops.append(self.loop)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 

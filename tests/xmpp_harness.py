@@ -24,14 +24,20 @@ PASSWORD = "secret-password"
 
 def xmpp_node(directory: Path, name: str, keys_file: str, *, workers: int = 2,
               users: tuple[str, ...] = ("alice", "bob", "carol"), extra_toml: str = "",
-              listen_toml: str | None = None, seeds: list[str] = ()) -> MongooseNode:  # type: ignore[assignment]
-    """Start a node serving ``localhost`` and register ``users`` with PASSWORD."""
+              listen_toml: str | None = None, seeds: list[str] = (),  # type: ignore[assignment]
+              state_timeout: int = 10_000) -> MongooseNode:
+    """Start a node serving ``localhost`` and register ``users`` with PASSWORD.
+
+    ``state_timeout`` (ms, per negotiation step) is generous by default so that a loaded
+    machine does not time out a TLS handshake; the timeout tests pass a short one."""
     c2s, tls = free_port(), free_port()
     if listen_toml is None:
         listen_toml = (
-            f'[[listen.c2s]]\nport = {c2s}\nip_address = "127.0.0.1"\nstate_timeout = 2000\n'
+            f'[[listen.c2s]]\nport = {c2s}\nip_address = "127.0.0.1"\n'
+            f'state_timeout = {state_timeout}\n'
             f'max_stanza_size = 65536\ntls.mode = "starttls_required"\n'
             f'[[listen.c2s]]\nport = {tls}\nip_address = "127.0.0.1"\ntls.mode = "tls"\n'
+            f'state_timeout = {state_timeout}\n'
         )
     toml = (
         listen_toml
