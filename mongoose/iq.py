@@ -53,7 +53,7 @@ def namespaces(scope: str) -> list[str]:
 
 def result(iq: etree._Element, payload: etree._Element | None = None) -> etree._Element:
     """An empty ``type='result'`` reply to ``iq`` (addresses swapped), with ``payload``."""
-    reply = etree.Element(iq.tag, type="result")
+    reply = etree.Element(iq.tag, type="result", nsmap={None: etree.QName(iq).namespace})
     if iq.get("id") is not None:
         reply.set("id", iq.get("id"))
     reply.set("from", iq.get("to", ""))

@@ -103,8 +103,15 @@ def test_a_dead_workers_sessions_leave_the_session_table(tmp_path, test_node, lo
             bob.disconnect()
         else:
             pytest.fail("the kernel put every connection on one worker")
-        alice.send_message(bob.jid, "hello")
-        wait_until(lambda: bob.bodies() == ["hello"], what="bob reachable")
+        # Bob's session reaches alice's worker's replica of the session table a moment
+        # after his login: probe until a message gets through.
+        probes = iter(range(1_000_000))
+
+        def reachable() -> bool:
+            alice.send_message(bob.jid, f"hello{next(probes)}", mtype="headline")
+            return bool(bob.bodies())
+
+        wait_until(reachable, timeout=20, what="bob reachable")
         os.kill(_worker_os_pid(node, bob_worker), 9)
         wait_until(bob.disconnected.is_set, what="bob's connection dropped with his worker")
 

@@ -9,6 +9,7 @@ matter (hostile input, stream errors).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import ssl
@@ -81,7 +82,11 @@ class RawClient:
         self.closed = False
 
     def send(self, data: bytes | str) -> None:
-        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+        """Send ``data``. The server may close the connection before reading all of it
+        (it answers bad input at once): that is not an error here, the reads that follow
+        find the close and what came before it."""
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.sock.sendall(data.encode() if isinstance(data, str) else data)
 
     def open_stream(self, to: str = DOMAIN) -> bytes:
         """Send a stream header; return everything up to the end of the features."""
