@@ -99,6 +99,7 @@ USER_PREFIX = "u"
 PASSWORD = "pw"
 ITERATIONS = 4096
 SERVERS = ("mongoose", "prosody", "ejabberd")
+PEER_NAMES = {"prosody": "Prosody", "ejabberd": "ejabberd"}
 SCENARIOS = ("connect", "one_to_one", "presence", "idle")
 PACKAGES = ("prosody", "ejabberd", "erlang-p1-sqlite3")
 EJABBERD_DIST_PORT = 5429
@@ -795,6 +796,15 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _per_message(summary: dict[str, Any]) -> float | None:
+    """The server's CPU (all its processes) per message sent, in µs: the generator's
+    server_cpu_s covers sending and draining."""
+    cpu, sent = summary.get("server_cpu_s"), summary.get("sent")
+    if not isinstance(cpu, int | float) or not sent:
+        return None
+    return round(cpu / sent * 1e6, 1)
+
+
 def _ratio(ours: Any, theirs: Any) -> float | None:
     if not isinstance(ours, int | float) or not isinstance(theirs, int | float) or not theirs:
         return None
@@ -859,7 +869,7 @@ def cmd_scenario(args: argparse.Namespace, results: Path, generator: Generator
         accounts[server.name] = server.accounts
     header = ["server", "logins ok", "failed", "logins/s", "all online s", "sent",
               "delivered", "lost", "dup", "errors", "delivered/s", "p50 ms", "p95 ms",
-              "p99 ms", "max ms", "RSS/session"]
+              "p99 ms", "max ms", "RSS/session", "server CPU s"]
     rows = []
     for name, s in summaries.items():
         rows.append([name, _fmt(s.get("logins_ok")), _fmt(s.get("logins_failed")),
@@ -868,7 +878,8 @@ def cmd_scenario(args: argparse.Namespace, results: Path, generator: Generator
                      _fmt(s.get("duplicated")), _fmt(s.get("errors")),
                      _fmt(s.get("delivered_per_s")), _fmt(s.get("latency_p50_ms"), 2),
                      _fmt(s.get("latency_p95_ms"), 2), _fmt(s.get("latency_p99_ms"), 2),
-                     _fmt(s.get("latency_max_ms"), 2), _bytes(s.get("rss_per_session_bytes"))])
+                     _fmt(s.get("latency_max_ms"), 2), _bytes(s.get("rss_per_session_bytes")),
+                     _fmt(s.get("server_cpu_s"), 2)])
     print(table(header, rows))
     return {"kind": "compare", "scenario": args.command, "params": vars_of(load),
             "peer_passwords": setup.peer_passwords, "accounts": accounts,
@@ -908,6 +919,7 @@ def search_max_rate(args: argparse.Namespace, server: Server, load: Load,
                       "latency_p50_ms": summary.get("latency_p50_ms"),
                       "latency_p99_ms": summary.get("latency_p99_ms"),
                       "lost": summary.get("lost"), "duplicated": summary.get("duplicated"),
+                      "server_cpu_us_per_msg": _per_message(summary),
                       "summary": summary})
         say(f"{server.name}: {rate:,.0f} msg/s {'passes' if ok else 'fails: ' + why}")
         return ok
@@ -942,6 +954,7 @@ def search_max_rate(args: argparse.Namespace, server: Server, load: Load,
                 bad = mid
     best = next((t for t in tried if t["ok"] and t["rate"] == good), None)
     return {"max_rate": good, "first_failure": bad,
+            "reached_cap": good is not None and bad is None,
             "latency_p50_ms": best and best["latency_p50_ms"],
             "latency_p99_ms": best and best["latency_p99_ms"],
             "tried": tried}
@@ -981,10 +994,11 @@ def cmd_max_rate(args: argparse.Namespace, results: Path, generator: Generator
                     c: _ratio(figures["mongoose"][c], figures[peer][c]) for c in columns}
     header = ["server", "max rate msg/s", "p50 ms", "p99 ms at that rate",
               "RSS per idle session", "login rate/s"]
-    rows = [[name, _fmt(f["max_rate"]), _fmt(f["latency_p50_ms"], 2),
+    rows = [[name, _fmt(f["max_rate"]) + (" (the cap)" if f["reached_cap"] else ""),
+             _fmt(f["latency_p50_ms"], 2),
              _fmt(f["latency_p99_ms"], 2), _bytes(f["rss_per_idle_session_bytes"]),
              _fmt(f["login_rate_per_s"])] for name, f in figures.items()]
-    rows += [[f"ours/{name.split('/')[1].capitalize()}",
+    rows += [[f"ours/{PEER_NAMES[name.split('/')[1]]}",
               *(_fmt(r[c], 2) for c in columns)] for name, r in ratios.items()]
     print(table(header, rows))
     for name, f in figures.items():
@@ -1082,10 +1096,11 @@ def main(argv: list[str] | None = None) -> int:
         install_peers()
         raise_fd_limit(args.users)
         facts = machine_facts()
-        say(f"results in {results}; machine: {facts['cores']} cores, "
-            f"{facts['memory_bytes'] / 2**30:.1f} GiB, Python {facts['python']}, "
-            f"Prosody {facts['prosody']}, ejabberd {facts['ejabberd']} "
-            f"(OTP {facts['erlang_otp']})")
+        say(f"results in {results}")
+        print(f"machine: {facts['cores']} cores, {facts['memory_bytes'] / 2**30:.1f} GiB, "
+              f"Python {facts['python']}; ours {facts['mongoose']}, Prosody "
+              f"{facts['prosody']}, ejabberd {facts['ejabberd']} (OTP {facts['erlang_otp']})",
+              flush=True)
         started = time.perf_counter()
         if args.command == "check":
             record = cmd_check(args, results)
@@ -1094,6 +1109,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             record = cmd_scenario(args, results, generator)
     except CompareError as e:
+        say(f"error: {e}")
+        return 1
+    except (subprocess.CalledProcessError, OSError) as e:
         say(f"error: {e}")
         return 1
     except KeyboardInterrupt:
