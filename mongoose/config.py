@@ -404,6 +404,56 @@ class Modules:
     mod_time: ModTime | None = None
 
 
+def graphite_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", value):
+        raise Invalid('a Graphite path prefix such as "mongooseim" or "prod.xmpp"')
+    return value
+
+
+def tcp_port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 65535:
+        raise Invalid("a TCP port number from 1 to 65535")
+    return value
+
+
+@dataclass(frozen=True)
+class PrometheusHandlerConfig:
+    """`[instrumentation.prometheus]`: metrics served at http://ip_address:port/metrics."""
+
+    port: int = setting(9091, port)
+    ip_address: str = setting("127.0.0.1", ip_address)
+
+
+@dataclass(frozen=True)
+class LogHandlerConfig:
+    """`[instrumentation.log]`: one structured log event per instrumentation event."""
+
+    level: str = setting("info", one_of(*LEVELS))
+
+
+@dataclass(frozen=True)
+class GraphiteHandlerConfig:
+    """`[instrumentation.graphite]`: current values pushed every `interval` seconds in the
+    Graphite plaintext protocol (what MongooseIM's Exometer reporter did)."""
+
+    host: str = setting("127.0.0.1", non_empty_string("a host name or IP address"))
+    port: int = setting(2003, tcp_port)
+    interval: int = setting(60, int_at_least(1))
+    prefix: str = setting("mongooseim", graphite_prefix)
+
+
+@dataclass(frozen=True)
+class Instrumentation:
+    """`[instrumentation]`: metrics (mongoose.instrument). A handler runs when its table is
+    present; with none, emitting an event costs next to nothing."""
+
+    # Seconds between two runs of each probe (sampled gauges: session counts, ...).
+    probe_interval: int = setting(15, int_at_least(1))
+    prometheus: PrometheusHandlerConfig | None = None
+    log: LogHandlerConfig | None = None
+    graphite: GraphiteHandlerConfig | None = None
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise Invalid("true or false")
@@ -426,6 +476,7 @@ class Config:
     listen: Listen = field(default_factory=Listen)
     auth: Auth = field(default_factory=Auth)
     modules: Modules = field(default_factory=Modules)
+    instrumentation: Instrumentation = field(default_factory=Instrumentation)
     source: str = "<defaults>"
 
     @property

@@ -1,0 +1,542 @@
+"""mongoose.instrument: event registry, span, probes, handlers and `[instrumentation]`.
+
+Tests use the process registry (``mongoose.instrument``) and reset it after each test;
+real sockets for the Prometheus scrape and the Graphite push, no sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import urllib.request
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import mongoose.instrument.registry as registry_mod
+from mongoose import instrument
+from mongoose.config import ConfigError, loads
+from mongoose.instrument import (
+    GraphiteHandler,
+    InstrumentError,
+    LogHandler,
+    MemoryHandler,
+    PrometheusHandler,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+SESSION = {"logins": "spiral", "logouts": "spiral", "count": "counter"}
+HOST = {"host_type": "localhost"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    instrument.reset()
+    yield
+    instrument.reset()
+
+
+@pytest.fixture
+def memory() -> MemoryHandler:
+    handler = MemoryHandler()
+    instrument.set_handlers([handler])
+    return handler
+
+
+# Registration
+
+
+def test_registering_the_same_spec_twice_is_a_no_op():
+    """A module restarted registers its events again with the same spec: accepted."""
+    first = instrument.register("sm_session", ("host_type",), SESSION)
+    again = instrument.register("sm_session", ["host_type"], dict(SESSION))
+    assert again is first
+    assert instrument.spec("sm_session").metrics == SESSION
+
+
+def test_registering_a_name_with_another_spec_is_an_error():
+    """Same name, other label keys or other metrics: InstrumentError."""
+    instrument.register("sm_session", ("host_type",), SESSION)
+    with pytest.raises(InstrumentError, match="already registered"):
+        instrument.register("sm_session", ("host_type", "node"), SESSION)
+    with pytest.raises(InstrumentError, match="already registered"):
+        instrument.register("sm_session", ("host_type",), {"logins": "counter"})
+
+
+@pytest.mark.parametrize(("labels", "metrics", "message"), [
+    ((), {"count": "meter"}, "unknown metric type 'meter'"),
+    ((), {}, "no metrics"),
+    (("host-type",), {"count": "spiral"}, "invalid label name"),
+    (("a", "a"), {"count": "spiral"}, "duplicate label keys"),
+    ((), {"count time": "spiral"}, "invalid metric name"),
+])
+def test_invalid_specs_are_rejected(labels, metrics, message):
+    """Metric types are MongooseIM's four; names must be Prometheus identifiers."""
+    with pytest.raises(InstrumentError, match=message):
+        instrument.register("ev", labels, metrics)
+
+
+# Execute
+
+
+def test_executing_an_unknown_event_is_an_error_with_or_without_handlers(memory):
+    """An unregistered name raises even when nothing would consume the event."""
+    with pytest.raises(InstrumentError, match="not registered"):
+        instrument.execute("nope", {}, {"count": 1})
+    instrument.set_handlers([])
+    with pytest.raises(InstrumentError, match="not registered"):
+        instrument.execute("nope", {}, {"count": 1})
+
+
+def test_labels_with_other_keys_are_an_error(memory):
+    """Missing, extra or misnamed label keys raise; label order does not matter."""
+    instrument.register("ev", ("host_type", "pool"), {"count": "spiral"})
+    for labels in ({"host_type": "h"}, {"host_type": "h", "pool": "p", "x": 1},
+                   {"host_typ": "h", "pool": "p"}):
+        with pytest.raises(InstrumentError, match="labels"):
+            instrument.execute("ev", labels, {"count": 1})
+    instrument.execute("ev", {"pool": "p", "host_type": "h"}, {"count": 1})
+    memory.assert_event("ev", {"pool": "p"}, lambda m: m == {"count": 1})
+
+
+def test_measurements_must_be_registered_metrics(memory):
+    """A measurement key that is not a registered metric raises; a subset is fine."""
+    instrument.register("sm_session", ("host_type",), SESSION)
+    with pytest.raises(InstrumentError, match="jid"):
+        instrument.execute("sm_session", HOST, {"logins": 1, "jid": "a@b"})
+    instrument.execute("sm_session", HOST, {"logins": 1})
+    assert memory.events == [("sm_session", HOST, {"logins": 1})]
+
+
+def test_without_handlers_only_the_event_name_is_checked():
+    """With no handler, execute is a name lookup: label and measurement keys go unchecked."""
+    instrument.register("ev", ("host_type",), {"count": "spiral"})
+    instrument.execute("ev", {}, {"other": 1})
+
+
+def test_span_emits_the_call_time_in_microseconds(memory, monkeypatch):
+    """span calls fn(*args), returns its result and emits time in integer microseconds."""
+    ticks = iter([1_000_000, 3_501_000])
+    monkeypatch.setattr(registry_mod, "time", SimpleNamespace(perf_counter_ns=lambda: next(ticks)))
+    instrument.register("auth_check_password", ("host_type",), {"time": "histogram"})
+    assert instrument.span("auth_check_password", HOST, lambda a, b: a + b, 2, 3) == 5
+    assert memory.events == [("auth_check_password", HOST, {"time": 2501})]
+
+
+def test_span_with_measure_and_with_a_raising_function(memory):
+    """measure(time_us, result) chooses the measurements; a call that raises emits nothing."""
+    instrument.register("lookup", (), {"time": "histogram", "size": "histogram"})
+    instrument.span("lookup", {}, lambda: [1, 2, 3],
+                    measure=lambda us, rows: {"time": us, "size": len(rows)})
+    memory.assert_event("lookup", {}, lambda m: m["size"] == 3 and m["time"] >= 0)
+
+    def fail():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        instrument.span("lookup", {}, fail)
+    assert len(memory.events) == 1
+
+
+# Probes
+
+
+class FakeLoop:
+    """Records call_later calls; the test fires them."""
+
+    def __init__(self) -> None:
+        self.timers: list[FakeTimer] = []
+
+    def call_later(self, delay: float, fn: Any, *args: Any) -> FakeTimer:
+        timer = FakeTimer(delay, fn, args)
+        self.timers.append(timer)
+        return timer
+
+    def fire(self) -> None:
+        """Fire every pending timer once."""
+        due, self.timers = [t for t in self.timers if not t.cancelled], []
+        for timer in due:
+            timer.fn(*timer.args)
+
+
+class FakeTimer:
+    def __init__(self, delay: float, fn: Any, args: tuple[Any, ...]) -> None:
+        self.delay, self.fn, self.args, self.cancelled = delay, fn, args, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_run_probes_executes_each_probe_once(memory):
+    """run_probes calls every probe now and emits what it returns."""
+    instrument.register("sm_total_sessions", (), {"count": "gauge"})
+    sessions = [7]
+    instrument.probe("sm_total_sessions", {}, lambda: {"count": sessions[0]})
+    instrument.run_probes()
+    sessions[0] = 9
+    instrument.run_probes()
+    assert [m for _, _, m in memory.events] == [{"count": 7}, {"count": 9}]
+
+
+def test_probes_run_every_interval_on_the_loop(memory):
+    """start_probes arms call_later with probe_interval (or the probe's own interval);
+    each run re-arms it; stop_probes cancels."""
+    instrument.process_registry.probe_interval = 15
+    instrument.register("q", ("pool",), {"total": "gauge"})
+    instrument.probe("q", {"pool": "a"}, lambda: {"total": 1})
+    instrument.probe("q", {"pool": "b"}, lambda: {"total": 2}, interval=2.5)
+    loop = FakeLoop()
+    instrument.start_probes(loop)
+    assert sorted(t.delay for t in loop.timers) == [2.5, 15]
+    assert memory.events == []
+    loop.fire()
+    loop.fire()
+    assert len(memory.assert_event("q", {"pool": "a"})) == 2
+    assert len(memory.assert_event("q", {"pool": "b"})) == 2
+    assert sorted(t.delay for t in loop.timers) == [2.5, 15]
+    timers = list(loop.timers)
+    instrument.stop_probes()
+    assert all(t.cancelled for t in timers)
+
+
+def test_a_probe_added_after_start_is_armed_at_once(memory):
+    """probe() on a started registry arms its timer immediately."""
+    instrument.register("g", (), {"v": "gauge"})
+    loop = FakeLoop()
+    instrument.start_probes(loop)
+    instrument.probe("g", {}, lambda: {"v": 1}, interval=1)
+    assert [t.delay for t in loop.timers] == [1]
+
+
+def test_a_crashing_probe_is_logged_and_keeps_its_timer(memory, caplog):
+    """A probe that raises is logged (instrument_probe_crashed) and runs again next time."""
+    instrument.register("g", (), {"v": "gauge"})
+    instrument.probe("g", {}, lambda: 1 / 0, interval=1)
+    loop = FakeLoop()
+    instrument.start_probes(loop)
+    with caplog.at_level(logging.ERROR, logger="mongoose.instrument"):
+        loop.fire()
+    assert [r.what for r in caplog.records] == ["instrument_probe_crashed"]
+    assert len(loop.timers) == 1
+
+
+def test_a_probe_event_has_gauges_only():
+    """As in MongooseIM, probing an event with non-gauge metrics is an error."""
+    instrument.register("ev", (), {"count": "spiral", "v": "gauge"})
+    with pytest.raises(InstrumentError, match="gauges only"):
+        instrument.probe("ev", {}, lambda: {"v": 1})
+    with pytest.raises(InstrumentError, match="not registered"):
+        instrument.probe("other", {}, lambda: {"v": 1})
+
+
+# Handlers
+
+
+def test_memory_handler_assert_event_reports_what_it_saw(memory):
+    """assert_event fails with the events of that name it did see."""
+    instrument.register("ev", ("host_type",), {"count": "spiral"})
+    instrument.execute("ev", HOST, {"count": 1})
+    assert memory.assert_event("ev", HOST, lambda m: m["count"] == 1) == [{"count": 1}]
+    with pytest.raises(AssertionError, match="localhost"):
+        memory.assert_event("ev", {"host_type": "other"})
+    with pytest.raises(AssertionError):
+        memory.assert_event("ev", HOST, lambda m: m["count"] == 2)
+
+
+def test_a_crashing_handler_is_logged_and_the_others_still_run(caplog):
+    """A handler that raises is logged (instrument_handler_crashed); the caller and the
+    next handlers go on."""
+    class Broken:
+        def handle(self, name: str, labels: Any, measurements: Any) -> None:
+            raise RuntimeError("broken handler")
+
+    memory = MemoryHandler()
+    instrument.set_handlers([Broken(), memory])
+    instrument.register("ev", (), {"count": "spiral"})
+    with caplog.at_level(logging.ERROR, logger="mongoose.instrument"):
+        instrument.execute("ev", {}, {"count": 1})
+    memory.assert_event("ev")
+    (record,) = caplog.records
+    assert record.what == "instrument_handler_crashed"
+    assert record.event == "ev" and record.handler == "Broken"
+
+
+def test_handlers_are_set_up_for_events_registered_before_and_after():
+    """set_up(spec) reaches a handler for every event, whichever came first; a removed
+    handler is stopped."""
+    calls: list[str] = []
+
+    class Recorder:
+        def set_up(self, spec: Any) -> None:
+            calls.append(spec.name)
+
+        def handle(self, *args: Any) -> None:
+            pass
+
+        def stop(self) -> None:
+            calls.append("stop")
+
+    instrument.register("before", (), {"c": "spiral"})
+    instrument.set_handlers([Recorder()])
+    instrument.register("after", (), {"c": "spiral"})
+    instrument.set_handlers([])
+    assert calls == ["before", "after", "stop"]
+
+
+def test_log_handler_writes_one_structured_event(caplog):
+    """what is the event name; labels and measurements are fields (a LogRecord attribute
+    name gets a trailing underscore)."""
+    instrument.set_handlers([LogHandler("info")])
+    instrument.register("auth_authorize", ("host_type", "name"), {"count": "spiral"})
+    with caplog.at_level(logging.INFO, logger="mongoose.instrument"):
+        instrument.execute("auth_authorize", {"host_type": "localhost", "name": "x"},
+                           {"count": 1})
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO
+    assert (record.what, record.host_type, record.name_, record.count) == (
+        "auth_authorize", "localhost", "x", 1)
+
+
+def test_log_handler_below_its_level_logs_nothing(caplog):
+    """A debug-level log handler is silent when the logger is at info."""
+    instrument.set_handlers([LogHandler("debug")])
+    instrument.register("ev", (), {"count": "spiral"})
+    with caplog.at_level(logging.INFO, logger="mongoose.instrument"):
+        instrument.execute("ev", {}, {"count": 1})
+    assert caplog.records == []
+
+
+def _session_events(handler: Any) -> None:
+    instrument.set_handlers([handler])
+    instrument.register("sm_session", ("host_type",), SESSION)
+    instrument.register("c2s_message_processed", ("host_type",), {"time": "histogram"})
+    instrument.register("sm_total_sessions", (), {"count": "gauge"})
+    instrument.execute("sm_session", HOST, {"logins": 1, "count": 1})
+    instrument.execute("sm_session", HOST, {"logins": 1, "count": 1})
+    instrument.execute("sm_session", HOST, {"logouts": 1, "count": -1})
+    instrument.execute("c2s_message_processed", HOST, {"time": 100})
+    instrument.execute("c2s_message_processed", HOST, {"time": 3000})
+    instrument.execute("sm_total_sessions", {}, {"count": 42})
+
+
+def test_prometheus_exposition_names_metrics_as_mongooseim():
+    """<event>_<metric> with the event's labels: spiral as a counter (_total), counter as
+    a gauge that goes down, gauge as set, histogram with microsecond buckets."""
+    prometheus = PrometheusHandler()
+    _session_events(prometheus)
+    text = prometheus.text()
+    assert "# TYPE sm_session_logins_total counter" in text
+    assert 'sm_session_logins_total{host_type="localhost"} 2.0' in text
+    assert 'sm_session_logouts_total{host_type="localhost"} 1.0' in text
+    assert "# TYPE sm_session_count gauge" in text
+    assert 'sm_session_count{host_type="localhost"} 1.0' in text
+    assert "# HELP sm_session_logins_total Event: sm_session, Metric: logins" in text
+    assert 'c2s_message_processed_time_count{host_type="localhost"} 2.0' in text
+    assert 'c2s_message_processed_time_sum{host_type="localhost"} 3100.0' in text
+    assert 'c2s_message_processed_time_bucket{host_type="localhost",le="1024.0"} 1.0' in text
+    assert "sm_total_sessions_count 42.0" in text
+
+
+def test_prometheus_serve_answers_a_real_scrape():
+    """serve(0) listens on a free port; GET /metrics returns the exposition text."""
+    prometheus = PrometheusHandler()
+    _session_events(prometheus)
+    port = prometheus.serve(0, "127.0.0.1")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            body = reply.read().decode()
+            assert reply.status == 200
+    finally:
+        prometheus.stop()
+    assert 'sm_session_logins_total{host_type="localhost"} 2.0' in body
+
+
+class CarbonServer:
+    """A Graphite plaintext listener on a free port, reading connections on a thread."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.data = b""
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                while chunk := conn.recv(65536):
+                    with self.changed:
+                        self.data += chunk
+                        self.changed.notify_all()
+
+    def wait_lines(self, count: int, timeout: float = 10) -> list[str]:
+        """Wait until ``count`` complete lines arrived; fail after ``timeout`` seconds."""
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.data.count(b"\n") >= count, timeout), (
+                f"got only {self.data!r}")
+            return self.data.decode().splitlines()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(5)
+
+
+def test_graphite_pushes_plaintext_lines_to_a_real_listener():
+    """push_now sends prefix.event.label_values.metric value timestamp lines over TCP."""
+    carbon = CarbonServer()
+    try:
+        graphite = GraphiteHandler("127.0.0.1", carbon.port, interval=60, prefix="mim",
+                                   clock=lambda: 1700000000.5)
+        _session_events(graphite)
+        assert graphite.push_now() == 7
+        lines = carbon.wait_lines(7)
+    finally:
+        carbon.close()
+    assert lines == [
+        "mim.c2s_message_processed.localhost.time.count 2 1700000000",
+        "mim.c2s_message_processed.localhost.time.mean 1550 1700000000",
+        "mim.c2s_message_processed.localhost.time.max 3000 1700000000",
+        "mim.sm_session.localhost.count 1 1700000000",
+        "mim.sm_session.localhost.logins 2 1700000000",
+        "mim.sm_session.localhost.logouts 1 1700000000",
+        "mim.sm_total_sessions.count 42 1700000000",
+    ]
+
+
+def test_graphite_histograms_restart_after_a_push_and_label_dots_are_escaped():
+    """Histogram samples are per push interval; a dot in a label value becomes _."""
+    graphite = GraphiteHandler(clock=lambda: 10)
+    instrument.set_handlers([graphite])
+    instrument.register("lookup", ("host_type",), {"time": "histogram"})
+    instrument.execute("lookup", {"host_type": "example.com"}, {"time": 5})
+    assert graphite.lines()[0] == "mongooseim.lookup.example_com.time.count 1 10"
+    assert graphite.lines() == ["mongooseim.lookup.example_com.time.count 0 10"]
+
+
+def test_graphite_push_to_nowhere_raises_oserror():
+    """push_now reports an unreachable server as OSError (the timer thread logs it)."""
+    free = socket.create_server(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    graphite = GraphiteHandler("127.0.0.1", port)
+    instrument.set_handlers([graphite])
+    instrument.register("ev", (), {"count": "spiral"})
+    instrument.execute("ev", {}, {"count": 1})
+    with pytest.raises(OSError):
+        graphite.push_now()
+
+
+# Configuration
+
+
+def test_instrumentation_defaults_enable_no_handler():
+    """Without [instrumentation.*] tables no handler runs; probe_interval is 15 s."""
+    config = loads("")
+    assert config.instrumentation.probe_interval == 15
+    assert config.instrumentation.prometheus is None
+    assert config.instrumentation.log is None
+    assert config.instrumentation.graphite is None
+    assert instrument.setup(config) == []
+    assert instrument.handlers() == ()
+
+
+def test_instrumentation_tables_with_their_defaults():
+    """An empty table enables its handler with MongooseIM's defaults."""
+    config = loads("[instrumentation]\nprobe_interval = 5\n[instrumentation.prometheus]\n"
+                   "[instrumentation.log]\n[instrumentation.graphite]\n")
+    section = config.instrumentation
+    assert section.probe_interval == 5
+    assert (section.prometheus.port, section.prometheus.ip_address) == (9091, "127.0.0.1")
+    assert section.log.level == "info"
+    assert (section.graphite.host, section.graphite.port, section.graphite.interval,
+            section.graphite.prefix) == ("127.0.0.1", 2003, 60, "mongooseim")
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("[instrumentation]\nprobe_interval = 0", "instrumentation.probe_interval"),
+    ('[instrumentation.prometheus]\nport = "x"', "instrumentation.prometheus.port"),
+    ('[instrumentation.prometheus]\nip_address = "local"',
+     "instrumentation.prometheus.ip_address"),
+    ('[instrumentation.log]\nlevel = "loud"', "instrumentation.log.level"),
+    ("[instrumentation.graphite]\nport = 0", "instrumentation.graphite.port"),
+    ('[instrumentation.graphite]\nprefix = "a b"', "instrumentation.graphite.prefix"),
+    ('[instrumentation.graphite]\nhost = ""', "instrumentation.graphite.host"),
+    ("[instrumentation.exometer]", "instrumentation.exometer"),
+    ("[instrumentation.log]\nlevl = 1", "instrumentation.log.levl"),
+])
+def test_instrumentation_errors_name_the_key(text, key):
+    """A bad or unknown key under [instrumentation] is a ConfigError naming its path."""
+    with pytest.raises(ConfigError) as error:
+        loads(text)
+    assert error.value.key == key
+    assert key in str(error.value)
+
+
+def test_setup_builds_the_configured_handlers_and_serves():
+    """setup(config) installs prometheus, log and graphite handlers, serving /metrics."""
+    config = loads("[instrumentation]\nprobe_interval = 3\n"
+                   '[instrumentation.prometheus]\nport = 0\n'
+                   '[instrumentation.log]\nlevel = "debug"\n'
+                   '[instrumentation.graphite]\nhost = "127.0.0.1"\ninterval = 3600\n')
+    built = instrument.setup(config)
+    try:
+        assert [type(h) for h in built] == [PrometheusHandler, LogHandler, GraphiteHandler]
+        assert instrument.handlers() == tuple(built)
+        assert instrument.process_registry.probe_interval == 3
+        instrument.register("ev", ("host_type",), {"count": "spiral"})
+        instrument.execute("ev", HOST, {"count": 3})
+        url = f"http://127.0.0.1:{built[0].port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert 'ev_count_total{host_type="localhost"} 3.0' in reply.read().decode()
+    finally:
+        instrument.set_handlers([])
+
+
+def test_a_handler_failing_to_set_up_an_event_does_not_fail_the_registration(caplog):
+    """A set_up that raises (a Prometheus name clash, say) is logged; register succeeds
+    and the other handlers get the event."""
+    class Picky(MemoryHandler):
+        def set_up(self, spec: Any) -> None:
+            raise ValueError("Duplicated timeseries")
+
+    memory = MemoryHandler()
+    instrument.set_handlers([Picky(), memory])
+    with caplog.at_level(logging.ERROR, logger="mongoose.instrument"):
+        instrument.register("ev", (), {"count": "spiral"})
+    instrument.execute("ev", {}, {"count": 1})
+    memory.assert_event("ev")
+    assert [r.what for r in caplog.records] == ["instrument_handler_crashed"]
+
+
+def test_a_probe_added_on_a_running_loop_runs_there(memory):
+    """probe() called from a running asyncio loop arms its timer on that loop."""
+    import asyncio
+
+    instrument.register("g", (), {"v": "gauge"})
+
+    async def main() -> int:
+        ran: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def sample() -> dict[str, int]:
+            if not ran.done():
+                ran.set_result(5)
+            return {"v": 5}
+
+        instrument.probe("g", {}, sample, interval=0.01)
+        return await asyncio.wait_for(ran, 10)
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(main()) == 5
+    finally:
+        instrument.stop_probes()
+        loop.close()
+    memory.assert_event("g", {}, lambda m: m == {"v": 5})
