@@ -62,6 +62,7 @@ import pykka
 from lxml import etree
 
 import otp
+from mongoose import c2s_events as events
 from mongoose import packet as packet_mod
 from mongoose import router, sm
 from mongoose.hooks import hooks
@@ -533,6 +534,7 @@ class C2S(otp.LoopActor):
         delay = max(throttle.delay_for(address), throttle.delay_after(self.auth_failures - 1))
         throttle.record_failure(address)
         limits = self.server.config.auth.failure_delay
+        events.execute("c2s_auth_failed", {"host_type": self.host}, events.ONE)
         log.info("authentication failed", extra={
             "what": "c2s_auth_failed", "peer": self.peer, "condition": condition,
             "failures": self.auth_failures})
@@ -586,6 +588,9 @@ class C2S(otp.LoopActor):
         etree.SubElement(bound, f"{{{ns.BIND}}}jid").text = self.jid_str
         self._write(xmlstream.to_bytes(reply))
         self._enter("session_established")
+        self.labels = {"host_type": self.host}
+        self.labels_in = {"connection_type": "c2s", "host_type": self.host}
+        events.execute("sm_session", self.labels, events.LOGIN)
         if hooks.has("sm_register_connection", self.host):
             hooks.run("sm_register_connection", None, self.host, jid=self.jid_str, pid=self.pid)
         log.info("session open", extra={"what": "c2s_session_open", "jid": self.jid_str,
@@ -599,6 +604,7 @@ class C2S(otp.LoopActor):
         if name is None:
             self._close_with_error("unsupported-stanza-type", f"{el.tag} is not a stanza")
             return
+        events.execute("xmpp_element_in", self.labels_in, events.ELEMENT_IN[name])
         if _FAULTS and el.find(_CRASH_TAG) is not None:
             raise RuntimeError("crash requested by a test (OTP_FAULT_INJECTION=1)")
         sender = el.get("from")
@@ -829,6 +835,7 @@ class C2S(otp.LoopActor):
             self._go_unavailable(None)
         sm.close_session(self.record)
         self.record = None
+        events.execute("sm_session", self.labels, events.LOGOUT)
         if hooks.has("sm_remove_connection", self.host):
             hooks.run("sm_remove_connection", None, self.host, jid=self.jid_str, pid=self.pid,
                       reason=reason)

@@ -158,6 +158,9 @@ def _message_to_bare(packet: Packet, sessions: list[sm.SessionRecord], domain: s
         return
     outcome = hooks.run("offline_message", "bounce", domain, packet=packet)
     if outcome == "bounce" and packet[3] in ("", "normal", "chat"):
+        from mongoose import c2s_events
+
+        c2s_events.execute("sm_message_bounced", {"host_type": domain}, c2s_events.ONE)
         bounce(packet, "service-unavailable")
 
 

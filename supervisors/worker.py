@@ -23,6 +23,7 @@ from typing import Any
 
 import otp
 from mongoose import config as config_mod
+from mongoose import instrument
 from mongoose.status import WorkerStatus
 from otp.supervisor import ChildSpec, Supervisor
 
@@ -43,6 +44,9 @@ class XmppServices(otp.LoopActor):
         from mongoose import modules, server, sm
 
         server.setup(self.config)
+        # Handlers collect in each worker; serving the node's one merged /metrics page
+        # (and so the prometheus and graphite outputs) is not built yet: issue 7.
+        instrument.setup(self.config, serve=False)
         sm.create_table()
         modules.start_all(self.config)
 
@@ -50,6 +54,7 @@ class XmppServices(otp.LoopActor):
         from mongoose import modules
 
         modules.stop_all()
+        instrument.set_handlers([])
 
 
 class RouterSup(Supervisor):

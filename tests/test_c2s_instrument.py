@@ -1,0 +1,54 @@
+"""Instrumentation events emitted by real sessions, seen through the log handler."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from dist_harness import MongooseNode, TestNode
+from helpers import wait_until
+from xmpp_client import Client, ClientLoop
+from xmpp_harness import DOMAIN, PASSWORD, xmpp_node
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, test_node: TestNode) -> Iterator[MongooseNode]:
+    n = xmpp_node(tmp_path_factory.mktemp("instrument"), "instr@localhost", test_node.keys_file,
+                  users=("alice", "bob"), extra_toml='[instrumentation.log]\nlevel = "info"\n')
+    yield n
+    n.kill()
+
+
+def test_a_session_emits_login_stanza_and_logout_events(node):
+    """A login emits sm_session with logins=1 for host_type localhost; a message from the
+    client emits xmpp_element_in with message_count=1; closing emits logouts=1."""
+    loop = ClientLoop()
+    try:
+        alice = Client(loop, f"alice@{DOMAIN}/i", PASSWORD, port=node.c2s_port).connect()
+        node.wait_for("sm_session", host_type="localhost", logins=1)
+        alice.send_message(f"alice@{DOMAIN}/i", "to myself")
+        wait_until(lambda: alice.bodies() == ["to myself"], what="the message back")
+        node.wait_for("xmpp_element_in", host_type="localhost", connection_type="c2s",
+                      message_count=1)
+        alice.disconnect()
+        node.wait_for("sm_session", host_type="localhost", logouts=1)
+    finally:
+        loop.close()
+
+
+def test_a_failed_login_and_a_bounce_are_counted(node):
+    """A wrong password emits c2s_auth_failed; a chat message to a user with no session
+    emits sm_message_bounced."""
+    loop = ClientLoop()
+    try:
+        wrong = Client(loop, f"bob@{DOMAIN}/x", "wrong", port=node.c2s_port)
+        assert wrong.try_connect() in ("failed_auth", "disconnected")
+        node.wait_for("c2s_auth_failed", host_type="localhost", count=1)
+        alice = Client(loop, f"alice@{DOMAIN}/b", PASSWORD, port=node.c2s_port).connect()
+        alice.send_message(f"bob@{DOMAIN}", "are you there?")
+        node.wait_for("sm_message_bounced", host_type="localhost", count=1)
+        alice.disconnect()
+    finally:
+        loop.close()
