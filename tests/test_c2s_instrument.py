@@ -1,4 +1,5 @@
 """Instrumentation events emitted by real sessions, seen through the log handler."""
+# The log handler's own filtering by level is tested in test_instrument.py.
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ import pytest
 from dist_harness import MongooseNode, TestNode
 from helpers import wait_until
 from xmpp_client import Client, ClientLoop
-from xmpp_harness import DOMAIN, PASSWORD, xmpp_node
+from xmpp_harness import DOMAIN, PASSWORD, xmpp_node_with
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, test_node: TestNode) -> Iterator[MongooseNode]:
-    n = xmpp_node(tmp_path_factory.mktemp("instrument"), "instr@localhost", test_node.keys_file,
-                  users=("alice", "bob"), extra_toml='[instrumentation.log]\nlevel = "info"\n')
+    # Per-stanza events are logged at debug: the node logs at debug here.
+    n = xmpp_node_with(
+        tmp_path_factory.mktemp("instrument"), "instr@localhost", test_node.keys_file,
+        users=("alice", "bob"), general_toml='loglevel = "debug"\n',
+        modules_toml='[modules.mod_ping]\n[instrumentation.log]\nlevel = "debug"\n')
     yield n
     n.kill()
 

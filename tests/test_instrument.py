@@ -290,7 +290,8 @@ def test_log_handler_writes_one_structured_event(caplog):
     """what is the event name; labels and measurements are fields (a LogRecord attribute
     name gets a trailing underscore)."""
     instrument.set_handlers([LogHandler("info")])
-    instrument.register("auth_authorize", ("host_type", "name"), {"count": "spiral"})
+    instrument.register("auth_authorize", ("host_type", "name"), {"count": "spiral"},
+                        log_level="info")
     with caplog.at_level(logging.INFO, logger="mongoose.instrument"):
         instrument.execute("auth_authorize", {"host_type": "localhost", "name": "x"},
                            {"count": 1})
@@ -307,6 +308,18 @@ def test_log_handler_below_its_level_logs_nothing(caplog):
     with caplog.at_level(logging.INFO, logger="mongoose.instrument"):
         instrument.execute("ev", {}, {"count": 1})
     assert caplog.records == []
+
+
+def test_log_handler_skips_events_below_its_level(caplog):
+    """Events are written at their own level: a handler at info skips a debug event even
+    when the logger would take it, and writes a warning event at warning."""
+    instrument.set_handlers([LogHandler("info")])
+    instrument.register("per_stanza", (), {"count": "spiral"})  # debug by default
+    instrument.register("rare", (), {"count": "spiral"}, log_level="warning")
+    with caplog.at_level(logging.DEBUG, logger="mongoose.instrument"):
+        instrument.execute("per_stanza", {}, {"count": 1})
+        instrument.execute("rare", {}, {"count": 1})
+    assert [(r.what, r.levelno) for r in caplog.records] == [("rare", logging.WARNING)]
 
 
 def _session_events(handler: Any) -> None:

@@ -65,19 +65,27 @@ _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", 
 
 class LogHandler:
     """One structured log event per instrumentation event: ``what`` is the event name,
-    labels and measurements are fields."""
+    labels and measurements are fields. Each event is written at its own level (its
+    spec's ``log_level``, "debug" unless registered otherwise), and only when that is at
+    least this handler's ``level``: ``[instrumentation.log] level = "info"`` logs logins
+    and failures, not every stanza."""
 
     def __init__(self, level: str | int = "info") -> None:
         self.level = LEVELS[level] if isinstance(level, str) else level
+        self._levels: dict[str, int] = {}
+
+    def set_up(self, spec: Any) -> None:
+        self._levels[spec.name] = LEVELS[spec.log_level]
 
     def handle(self, name: str, labels: Mapping[str, Any],
                measurements: Mapping[str, Any]) -> None:
-        if not log.isEnabledFor(self.level):
+        level = self._levels.get(name, LEVELS["debug"])
+        if level < self.level or not log.isEnabledFor(level):
             return
         extra: dict[str, Any] = {"what": name}
         for key, value in (*labels.items(), *measurements.items()):
             extra[key + "_" if key in _RESERVED or key == "what" else key] = value
-        log.log(self.level, "instrumentation event", extra=extra)
+        log.log(level, "instrumentation event", extra=extra)
 
 
 # Histogram buckets: powers of 4 from 1 to 2**30, for times in microseconds (1 µs to

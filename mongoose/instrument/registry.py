@@ -58,6 +58,9 @@ class EventSpec:
     name: str
     labels: tuple[str, ...]
     metrics: Mapping[str, str]
+    # The level the log handler writes this event at (MongooseIM's per-event log level):
+    # per-stanza events stay at "debug", so a log handler at "info" is not flooded.
+    log_level: str = "debug"
 
 
 class Handler(Protocol):
@@ -94,10 +97,11 @@ class Registry:
 
     # Registration
 
-    def register(self, name: str, labels: Iterable[str], metrics: Mapping[str, str]) -> EventSpec:
+    def register(self, name: str, labels: Iterable[str], metrics: Mapping[str, str],
+                 *, log_level: str = "debug") -> EventSpec:
         """Declare event ``name`` with label keys ``labels`` and ``metrics`` (metric name ->
-        type). Registering it again with the same spec is a no-op; with another spec an
-        :class:`InstrumentError`."""
+        type), logged by the log handler at ``log_level``. Registering it again with the
+        same labels and metrics is a no-op; with others an :class:`InstrumentError`."""
         labels = tuple(labels)
         metrics = dict(metrics)
         for what, names in (("event", [name]), ("label", labels), ("metric", metrics)):
@@ -113,7 +117,7 @@ class Registry:
                 raise InstrumentError(
                     f"{name}.{metric}: unknown metric type {kind!r}, expected one of "
                     + ", ".join(sorted(METRIC_TYPES)))
-        spec = EventSpec(name, labels, metrics)
+        spec = EventSpec(name, labels, metrics, log_level)
         old = self._specs.get(name)
         if old is not None:
             if set(old.labels) != set(labels) or dict(old.metrics) != metrics:
