@@ -57,14 +57,15 @@ import os
 import secrets
 import time
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import pykka
 from lxml import etree
 
 import otp
 from mongoose import c2s_events as events
+from mongoose import iq, router, sm
 from mongoose import packet as packet_mod
-from mongoose import router, sm
 from mongoose.hooks import hooks
 from mongoose.packet import Packet
 from mongoose.server import current as current_server
@@ -557,7 +558,7 @@ class C2S(otp.LoopActor):
             self._bind(el, bind)
             return
         if el.find(f"{{{ns.SESSION}}}session") is not None:
-            self._write(xmlstream.to_bytes(_result(el)))
+            self._write(xmlstream.to_bytes(iq.result(el)))
             return
         self._write(xmlstream.to_bytes(errors.make_error_reply(
             el, "not-authorized", "bind a resource first")))
@@ -583,7 +584,7 @@ class C2S(otp.LoopActor):
         self.jid = jid
         self.jid_str = str(jid)
         self.bare_str = jid.bare_str
-        reply = _result(el)
+        reply = iq.result(el)
         bound = etree.SubElement(reply, f"{{{ns.BIND}}}bind", nsmap={None: ns.BIND})
         etree.SubElement(bound, f"{{{ns.BIND}}}jid").text = self.jid_str
         self._write(xmlstream.to_bytes(reply))
@@ -634,7 +635,7 @@ class C2S(otp.LoopActor):
         if name == "presence" and not to:
             self._own_presence(el)
             return
-        if (name == "iq" and el.get("type") in ("get", "set") and not to) or not to:
+        if not to:  # RFC 6120 §10.3: no 'to' means the user's own account
             to = self.bare_str
         if name == "presence":
             self._directed_presence(el, to)
@@ -767,7 +768,7 @@ class C2S(otp.LoopActor):
             return
         self.ping_id = f"ping-{secrets.token_hex(4)}"
         self._write(f"<iq type='get' id='{self.ping_id}' from='{self.host}' "
-                    f"to='{_xml_attr(self.jid_str)}'><ping xmlns='{ns.PING}'/></iq>".encode())
+                    f"to={quoteattr(self.jid_str)}><ping xmlns='{ns.PING}'/></iq>".encode())
         otp.send_after(config.ping_req_timeout, self.pid, ("ping_timeout", self.ping_id))
 
     def _ping_answered(self) -> None:
@@ -843,20 +844,10 @@ class C2S(otp.LoopActor):
                                            "reason": reason})
 
 
-def _result(iq: etree._Element) -> etree._Element:
-    reply = etree.Element(f"{{{ns.CLIENT}}}iq", type="result", nsmap={None: ns.CLIENT})
-    if iq.get("id") is not None:
-        reply.set("id", iq.get("id"))
-    return reply
-
-
 def _peer_address(transport: Any) -> str:
     peer = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return str(peer)
 
-
-def _xml_attr(text: str) -> str:
-    return text.replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
 

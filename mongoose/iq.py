@@ -52,12 +52,14 @@ def namespaces(scope: str) -> list[str]:
 
 
 def result(iq: etree._Element, payload: etree._Element | None = None) -> etree._Element:
-    """An empty ``type='result'`` reply to ``iq`` (addresses swapped), with ``payload``."""
+    """A ``type='result'`` reply to ``iq`` with its id, carrying ``payload`` if given.
+
+    No addresses: a reply routed as a packet gets them stamped by
+    :func:`mongoose.packet.from_element`, and one written straight to the client's own
+    stream (resource binding) needs none."""
     reply = etree.Element(iq.tag, type="result", nsmap={None: etree.QName(iq).namespace})
     if iq.get("id") is not None:
         reply.set("id", iq.get("id"))
-    reply.set("from", iq.get("to", ""))
-    reply.set("to", iq.get("from", ""))
     if payload is not None:
         reply.append(payload)
     return reply

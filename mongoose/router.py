@@ -34,9 +34,9 @@ import logging
 from typing import Any
 
 import otp
+from mongoose import c2s_events, sm
 from mongoose import iq as iq_handlers
 from mongoose import packet as packet_mod
-from mongoose import sm
 from mongoose.hooks import hooks
 from mongoose.packet import Packet
 
@@ -158,8 +158,6 @@ def _message_to_bare(packet: Packet, sessions: list[sm.SessionRecord], domain: s
         return
     outcome = hooks.run("offline_message", "bounce", domain, packet=packet)
     if outcome == "bounce" and packet[3] in ("", "normal", "chat"):
-        from mongoose import c2s_events
-
         c2s_events.execute("sm_message_bounced", {"host_type": domain}, c2s_events.ONE)
         bounce(packet, "service-unavailable")
 

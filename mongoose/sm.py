@@ -24,8 +24,6 @@ earlier). Replacement of a session with the same full JID is decided by the new 
 
 from __future__ import annotations
 
-from typing import Any
-
 from otp import cets
 from otp.pid import Pid
 
@@ -68,13 +66,6 @@ def sessions(bare: str) -> list[SessionRecord]:
     return table().lookup(bare)  # type: ignore[return-value]
 
 
-def find(bare: str, resource: str) -> SessionRecord | None:
-    for record in sessions(bare):
-        if record[1] == resource:
-            return record
-    return None
-
-
 def open_session(bare: str, resource: str, pid: Pid, *, max_sessions: int) -> tuple[
         SessionRecord | None, list[Pid]]:
     """Register a bound session. Returns ``(record, replaced)``: the new record (None if
@@ -103,7 +94,3 @@ def set_priority(record: SessionRecord, priority: int | None) -> SessionRecord:
 
 def close_session(record: SessionRecord) -> None:
     table().delete_object(record)
-
-
-def statistics() -> dict[str, Any]:
-    return {"sessions": table().size()}

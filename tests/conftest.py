@@ -14,6 +14,7 @@ import slixmpp.plugins.xep_0092
 import slixmpp.plugins.xep_0199  # noqa: F401
 from dist_harness import TestNode
 from helpers import ProbeHandle
+from xmpp_client import Client, ClientLoop
 
 
 @pytest.fixture
@@ -30,3 +31,20 @@ def test_node() -> Iterator[TestNode]:
     node = TestNode()
     yield node
     node.close()
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[ClientLoop]:
+    """One loop thread for the XMPP clients of a test module (see xmpp_client)."""
+    client_loop = ClientLoop()
+    yield client_loop
+    client_loop.close()
+
+
+@pytest.fixture
+def clients(loop: ClientLoop) -> Iterator[list[Client]]:
+    """The clients a test made (append them); disconnected after it."""
+    made: list[Client] = []
+    yield made
+    for client in made:
+        client.disconnect()

@@ -27,21 +27,6 @@ def node(tmp_path_factory: pytest.TempPathFactory, test_node: TestNode) -> Itera
     n.kill()
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[ClientLoop]:
-    client_loop = ClientLoop()
-    yield client_loop
-    client_loop.close()
-
-
-@pytest.fixture
-def clients(loop: ClientLoop) -> Iterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for client in made:
-        client.disconnect()
-
-
 def login(node: MongooseNode, loop: ClientLoop, clients: list[Client], jid: str, *,
           mechanism: str | None = None, password: str = PASSWORD, presence: bool = True,
           direct_tls: bool = False) -> Client:

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
 import pytest
 from dist_harness import TestNode
 from helpers import wait_until
-from xmpp_client import Client, ClientLoop
+from xmpp_client import Client
 from xmpp_harness import DOMAIN, PASSWORD, register, xmpp_node
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def loop() -> Iterator[ClientLoop]:
-    client_loop = ClientLoop()
-    yield client_loop
-    client_loop.close()
 
 
 def test_users_on_two_nodes_exchange_messages_in_order(tmp_path, test_node: TestNode, loop):

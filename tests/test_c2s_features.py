@@ -99,21 +99,6 @@ def ping_node(tmp_path_factory: pytest.TempPathFactory,
     n.kill()
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[ClientLoop]:
-    client_loop = ClientLoop()
-    yield client_loop
-    client_loop.close()
-
-
-@pytest.fixture
-def clients(loop: ClientLoop) -> Iterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for client in made:
-        client.disconnect()
-
-
 @pytest.fixture
 def raws() -> Iterator[list[RawClient]]:
     """Raw sockets a test opens; closed after it whatever happens."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from dist_harness import MongooseNode, TestNode
-from xmpp_client import Client, ClientLoop
+from xmpp_client import Client
 from xmpp_harness import DOMAIN, PASSWORD, RawClient, xmpp_node
 
 pytestmark = pytest.mark.timeout(60)
@@ -183,15 +183,11 @@ def test_vanishing_clients_do_not_harm_the_node(node):
     raw.close()
 
 
-def test_the_node_still_serves_clients_after_all_that(node):
+def test_the_node_still_serves_clients_after_all_that(node, clients, loop):
     """After every hostile case above, a real client logs in and pings the server."""
-    loop = ClientLoop()
-    try:
-        client = Client(loop, f"alice@{DOMAIN}/after", PASSWORD, port=node.c2s_port)
-        client.connect()
-        client.disconnect()
-    finally:
-        loop.close()
+    client = Client(loop, f"alice@{DOMAIN}/after", PASSWORD, port=node.c2s_port)
+    clients.append(client)
+    client.connect()
 
 
 def test_a_client_that_does_not_read_is_disconnected(node):
