@@ -199,6 +199,10 @@ def test_a_netsplit_heals_into_the_documented_state(
             test_node.scheduler.run_sync(test_node.dist.inject_fault, (here, 0), "block", there)
         a.wait_for("dist_node_down", node="split-b@localhost")
         b.wait_for("dist_node_down", node="split-a@localhost")
+        # The worker learns the unavailable list from its root's next published view,
+        # a moment after the root logged dist_node_down.
+        wait_until(lambda: otp.ask(on_a, ("status",)).get(timeout=10)["unavailable_nodes"]
+                   == ["split-b@localhost"], what="split-b unavailable in a's worker")
         status = otp.ask(on_a, ("status",)).get(timeout=10)
         assert status["unavailable_nodes"] == ["split-b@localhost"]
         assert status["discovered_nodes"] == []  # a was started without seeds
