@@ -7,7 +7,8 @@ The public surface is re-exported here; the modules behind it are:
 * :mod:`otp.scheduler` -- one event loop per process that runs every loop actor.
 * :mod:`otp.future` -- :class:`LoopFuture`, awaitable on the loop, blockable elsewhere.
 * :mod:`otp.pid` and :mod:`otp.codec` -- pids, refs, and their msgpack wire form.
-* :mod:`otp.process` -- send, ask, exit, monitor, register/whereis/unregister.
+* :mod:`otp.process` -- send, ask, exit, monitor, register/whereis/unregister,
+  send_named/ask_named (a registered name in any process of the cluster).
 * :mod:`otp.timers` -- send_after and cancel_timer.
 * :mod:`otp.blocking` -- a thread pool for blocking work, answering on the loop.
 * :mod:`otp.supervisor` -- OTP supervisors.
@@ -28,12 +29,14 @@ from otp.actor import (
     NoProcError,
     Reply,
     StartError,
+    is_crash,
 )
 from otp.future import BlockingCallError, LoopFuture
 from otp.pid import Pid, Ref
 from otp.process import (
     AlreadyRegisteredError,
     ask,
+    ask_named,
     exit,
     is_alive,
     lookup,
@@ -41,6 +44,7 @@ from otp.process import (
     register,
     registered,
     send,
+    send_named,
     started,
     unregister,
     whereis,
@@ -67,16 +71,19 @@ __all__ = [
     "Supervisor",
     "SupervisorError",
     "ask",
+    "ask_named",
     "cancel_timer",
     "current",
     "exit",
     "is_alive",
+    "is_crash",
     "lookup",
     "monitor",
     "register",
     "registered",
     "send",
     "send_after",
+    "send_named",
     "started",
     "unregister",
     "whereis",

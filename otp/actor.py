@@ -48,6 +48,7 @@ Links, monitors, exit signals (Erlang semantics)
     * Exit reasons: ``"normal"`` (``stop()``), ``"shutdown"`` and ``("shutdown", term)``
       (orderly stop by a supervisor), ``"killed"``, ``"noproc"``, ``"noconnection"`` (a
       peer process lost; issue 3) or the exception that crashed the actor.
+      :func:`is_crash` is False for the first three, True for every other reason.
     * An actor that does not trap exits and is hit by a signal other than ``kill`` runs
       ``on_stop`` (its cleanup hook: sockets, files) and dies with the signal's reason.
       Erlang would skip ``terminate``; we run it because Python resources are not
@@ -72,6 +73,12 @@ Registry
     registered actors each stop costs a millisecond. ``LoopActor`` registers there by
     default (Pykka's meaning), and classes that are started in numbers (sessions) set
     ``pykka_registry = False``; every actor is in the O(1) process table regardless.
+
+Observer
+    When :attr:`otp.scheduler.Scheduler.observer` is set, it is told when an actor has
+    started (``actor_started``, after ``on_start`` returned) and when it died
+    (``actor_stopped``, once, with the exit reason); see
+    :class:`otp.scheduler.ActorObserver`. The per-message path does not look at it.
 
 Timers
     ``self.send_after(seconds, msg)`` / :func:`otp.send_after` and ``cancel_timer``;
@@ -112,6 +119,7 @@ __all__ = [
     "NoProcError",
     "Reply",
     "StartError",
+    "is_crash",
 ]
 
 logger = logging.getLogger("otp.actor")
@@ -148,6 +156,20 @@ class Reply(NamedTuple):
 
 for _record in (Exit, Down, Reply):
     codec.register_record(_record, f"otp.{_record.__name__}")
+
+
+def is_crash(reason: Any) -> bool:
+    """True if an actor that died with exit ``reason`` crashed.
+
+    ``"normal"``, ``"shutdown"`` and ``("shutdown", term)`` are orderly ends; anything
+    else is a crash, ``"killed"`` included (a kill is what a supervisor does to a child
+    that would not stop), as are ``"noproc"``, ``"noconnection"`` and exceptions. These
+    are the reasons for which a ``transient`` child is restarted.
+    """
+    # Type tests first: a reason may be any term, and its own __eq__ is not ours to call.
+    if isinstance(reason, str):
+        return reason not in ("normal", "shutdown")
+    return not (isinstance(reason, tuple) and len(reason) == 2 and reason[0] == "shutdown")
 
 
 class NoProcError(LookupError):
@@ -680,6 +702,9 @@ class LoopActor(pykka.Actor):
                 if watcher_actor is not None and watcher_actor._monitors:
                     watcher_actor._monitors.pop(mref, None)
                 _send(scheduler, watcher, Down(mref, self.pid, reason))
+        # Last, so the observer sees the death complete (and _DEAD makes it once only).
+        if scheduler.observer is not None:
+            scheduler.notify_observer("actor_stopped", self, reason)
 
     # -- exit signals ----------------------------------------------------------------------
 
@@ -738,12 +763,15 @@ class LoopActor(pykka.Actor):
     # -- start notification ----------------------------------------------------------------
 
     def _started_ok(self) -> None:
+        """on_start returned (both the sync and the async path end here)."""
         waiters, self._init_waiters = self._init_waiters, None
         if waiters:
             for waiter in waiters:
                 waiter.set(self.pid)
         if self.receive_timeout is not None and not self.actor_inbox._q:
             self._arm_idle_timer()
+        if self._scheduler.observer is not None:
+            self._scheduler.notify_observer("actor_started", self)
 
     def _started_failed(self, reason: Any) -> None:
         waiters, self._init_waiters = self._init_waiters, None

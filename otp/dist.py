@@ -19,8 +19,8 @@ exactly as a local operation would, so Erlang's semantics hold across processes:
 
 Wire items (lists, packed by :mod:`otp.codec`; ``id`` is a pid's number in its process)::
 
-    ["m", id, msg]                       send
-    ["a", id, msg, reply_to, tag]        ask; reply_to is the asker's process key
+    ["m", id | name, msg]                send
+    ["a", id | name, msg, reply_to, tag] ask; reply_to is the asker's process key
     ["r", tag, ok, value]                reply to an ask (value is the error if not ok)
     ["x", id, sender, reason, linked]    exit signal
     ["l", id, sender] / ["u", id, sender] link / unlink
@@ -34,6 +34,11 @@ Wire items (lists, packed by :mod:`otp.codec`; ``id`` is a pid's number in its p
     ["node", node, entry]                a root announces a change of its node
     ["leave", node]                      a node leaves the cluster
     ["view", {node: entry}, unavailable] a root tells its workers the whole cluster
+
+    In sends and asks the target is either an int id or a str: a name registered in
+    the receiving process (:func:`otp.send_named`, :func:`otp.ask_named`, Erlang's
+    ``{Name, Node} ! Msg``), looked up there when the item arrives. A send to a name
+    that is not registered is dropped; an ask fails with ``ActorDeadError`` naming it.
 
 Cluster view
     A node is described by its root in an *entry*: ``{"creation": int, "version": int,
@@ -98,6 +103,7 @@ from otp.future import LoopFuture
 from otp.pid import Pid, Ref
 
 if TYPE_CHECKING:
+    from otp.actor import LoopActor
     from otp.scheduler import Scheduler
     from otp.transport import Transport
 
@@ -440,22 +446,35 @@ class Dist:
         elif kind in ("a", "spawn"):  # the asker's future fails
             pending = self._pending.pop(item[-1], None)
             if pending is not None:
-                pending[0].set_exception(
-                    (ActorDeadError, ActorDeadError(f"no process {key[0]}.{key[1]}"), None)
-                )
+                text = f"no process {key[0]}.{key[1]}"
+                if kind == "a" and isinstance(item[1], str):
+                    text += f" (asked for the name {item[1]!r})"
+                pending[0].set_exception((ActorDeadError, ActorDeadError(text), None))
         # Anything else is a send or a signal to a process that never was: dropped.
 
     def send(self, pid: Pid, message: Any) -> None:
         """Send to a pid of another process (dropped if that process is unknown)."""
         self._put((pid[0], pid[1]), ["m", pid[2], message])
 
+    def send_named(self, key: Key, name: str, message: Any) -> None:
+        """Send to the actor registered as ``name`` in process ``key`` (dropped if there
+        is none, or no such process)."""
+        self._put(key, ["m", name, message])
+
     def ask(self, pid: Pid, message: Any) -> LoopFuture[Any]:
         """Ask a pid of another process; the future fails if it or its process dies."""
+        return self._ask((pid[0], pid[1]), pid[2], message, str(pid))
+
+    def ask_named(self, key: Key, name: str, message: Any) -> LoopFuture[Any]:
+        """Ask the actor registered as ``name`` in process ``key``; the future fails
+        with ``ActorDeadError`` naming ``name`` if there is none there."""
+        return self._ask(key, name, message, f"{name!r} at {key[0]}.{key[1]}")
+
+    def _ask(self, key: Key, target: int | str, message: Any, what: str) -> LoopFuture[Any]:
         future: LoopFuture[Any] = LoopFuture(self.scheduler)
-        key = (pid[0], pid[1])
         tag = next(self._tags)
-        if not self._put(key, ["a", pid[2], message, list(self.key), tag]):
-            future.set_exception((ActorDeadError, ActorDeadError(f"{pid} not found"), None))
+        if not self._put(key, ["a", target, message, list(self.key), tag]):
+            future.set_exception((ActorDeadError, ActorDeadError(f"{what} not found"), None))
             return future
         self._pending[tag] = (future, key)
         return future
@@ -565,6 +584,10 @@ class Dist:
 
     def _on_send(self, item: list[Any]) -> None:
         actor = self.scheduler.processes.get(item[1])
+        if actor is None:
+            # The table is keyed by int ids, so a name misses it and is looked up here:
+            # sends by pid pay nothing for names.
+            actor = self._named(item[1])
         if actor is not None:
             actor.actor_inbox.put(Envelope(item[2]))
 
@@ -573,7 +596,14 @@ class Dist:
         reply_key = (reply_to[0], reply_to[1])
         actor = self.scheduler.processes.get(actor_id)
         if actor is None:
-            error = ActorDeadError(f"<{self.node}.{self.worker}.{actor_id}> not found")
+            actor = self._named(actor_id)  # as in _on_send
+        if actor is None:
+            if isinstance(actor_id, str):
+                error = ActorDeadError(
+                    f"no process registered as {actor_id!r} at {self.node}.{self.worker}"
+                )
+            else:
+                error = ActorDeadError(f"<{self.node}.{self.worker}.{actor_id}> not found")
             self._put(reply_key, ["r", tag, False, error])
             return
         future = actor.actor_ref.ask(message, block=False)
@@ -587,6 +617,13 @@ class Dist:
                 self._put(reply_key, ["r", tag, True, value])
 
         future.add_done_callback(reply)
+
+    def _named(self, target: Any) -> LoopActor | None:
+        """The live actor registered here as ``target``, if it is a name (else None)."""
+        if not isinstance(target, str):
+            return None
+        pid = self.scheduler.names.get(target)
+        return self.scheduler.lookup(pid) if pid is not None else None
 
     def _on_spawn(self, item: list[Any]) -> None:
         _, path, args, kwargs, reply_to, tag = item

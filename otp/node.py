@@ -144,6 +144,8 @@ def _parse_worker_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--creation", type=int, default=None)
     parser.add_argument("--log-format", default="json", choices=["json", "text"])
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-file", default=None,
+                        help="append the log to this file (default: stderr)")
     return parser.parse_args(argv)
 
 
@@ -153,7 +155,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(ImportError):
         from mongoose import logs
 
-        logs.setup(args.log_level, args.log_format)
+        logs.setup(args.log_level, args.log_format, path=args.log_file)
     creation = args.creation if args.creation is not None else new_creation()
     scheduler = scheduler_mod.Scheduler(node=args.node, worker=args.worker, creation=creation)
     scheduler_mod.install(scheduler)

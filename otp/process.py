@@ -6,11 +6,16 @@ from another thread it runs the operation on the loop and waits for it (up to
 monitors. Functions whose name says ``send``/``tell`` never wait.
 
 Sending never fails: a message to a pid with no live actor is dropped, as in Erlang.
+
+A process of the cluster is addressed as ``(node, worker)``: the node's name and the
+worker's number on it (0 for the node's root process), the first two fields of its pids.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from pykka import ActorDeadError
 
 from otp import actor as _actor
 from otp import scheduler as _scheduler_mod
@@ -21,6 +26,7 @@ from otp.pid import Pid, Ref
 __all__ = [
     "AlreadyRegisteredError",
     "ask",
+    "ask_named",
     "exit",
     "is_alive",
     "lookup",
@@ -28,6 +34,7 @@ __all__ = [
     "register",
     "registered",
     "send",
+    "send_named",
     "started",
     "unregister",
     "whereis",
@@ -53,6 +60,75 @@ def send(pid: Pid, message: Any) -> None:
 def ask(pid: Pid, message: Any) -> LoopFuture[Any]:
     """Ask the actor ``pid``; returns a future (``ActorDeadError`` if it is not alive)."""
     return _actor._ask(_scheduler_mod.current(), pid, message)
+
+
+def send_named(node: str, worker: int, name: str, message: Any) -> None:
+    """Send ``message`` to the actor registered as ``name`` in process ``(node, worker)``.
+
+    Erlang's ``{Name, Node} ! Message``: the name is looked up where it is registered,
+    when the message gets there, so the sender needs no pid. In this process that is at
+    once; for another process the name travels with the message and that process looks
+    it up (order with other sends to that process is kept). As with :func:`send`,
+    nothing fails: a name not registered there, or an unknown process, drops the
+    message.
+    """
+    scheduler = _scheduler_mod.current()
+    if _is_here(scheduler, node, worker):
+        pid = scheduler.names.get(name)
+        if pid is not None:
+            _actor._send(scheduler, pid, message)
+        return
+    dist = scheduler.dist
+    if dist is None:
+        return  # not in a cluster: no other process can be reached, as for a dead pid
+    if scheduler.on_loop_thread():
+        dist.send_named((node, worker), name, message)
+    else:  # the transport belongs to the loop's thread
+        scheduler.call_soon(dist.send_named, (node, worker), name, message)
+
+
+def ask_named(node: str, worker: int, name: str, message: Any) -> LoopFuture[Any]:
+    """Ask the actor registered as ``name`` in process ``(node, worker)``; a future of
+    the answer.
+
+    The name is looked up as for :func:`send_named`. As with :func:`ask` to a pid with
+    no live actor, the future fails with ``pykka.ActorDeadError`` if no actor is
+    registered as ``name`` there (the error names it), if that process is not in the
+    cluster or is lost, or if this process is not in a cluster. Never blocks.
+    """
+    scheduler = _scheduler_mod.current()
+    if _is_here(scheduler, node, worker):
+        pid = scheduler.names.get(name)
+        if pid is not None:
+            return _actor._ask(scheduler, pid, message)
+        return _dead(scheduler, f"no process registered as {name!r} at {node}.{worker}")
+    dist = scheduler.dist
+    if dist is None:
+        return _dead(
+            scheduler, f"{name!r} at {node}.{worker} not found: this process is not distributed"
+        )
+    if scheduler.on_loop_thread():
+        return dist.ask_named((node, worker), name, message)
+    answer: LoopFuture[Any] = LoopFuture(scheduler)
+
+    def ask_on_loop() -> None:
+        dist.ask_named((node, worker), name, message).add_done_callback(
+            lambda done: _actor._copy_result(done, answer)
+        )
+
+    scheduler.call_soon(ask_on_loop)
+    return answer
+
+
+def _is_here(scheduler: Any, node: str, worker: int) -> bool:
+    """True if ``(node, worker)`` is this process (under its current or an old name)."""
+    return scheduler.is_local(Pid(node, worker, 0))
+
+
+def _dead(scheduler: Any, text: str) -> LoopFuture[Any]:
+    future: LoopFuture[Any] = LoopFuture(scheduler)
+    future.set_exception((ActorDeadError, ActorDeadError(text), None))
+    return future
 
 
 def lookup(pid: Pid) -> ActorRef | None:

@@ -23,16 +23,24 @@ Which loop
     a process-wide scheduler on a daemon thread, started on first use by :func:`current`.
     uvloop is used when installed: it is faster and avoids the stock loop's 256 KiB
     allocation per socket read.
+
+Observing actors
+    :attr:`Scheduler.observer` (an :class:`ActorObserver`, default None) is told when
+    actors of this process start and die and when supervisors restart children: the
+    hook for instrumentation. Unset, it costs one attribute test per start and per
+    death, nothing per message. :meth:`Scheduler.mailbox_stats` sums up the mailboxes,
+    for sampling now and then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from otp.future import LoopFuture
 from otp.pid import Pid, Ref
@@ -40,9 +48,11 @@ from otp.pid import Pid, Ref
 if TYPE_CHECKING:
     from otp.actor import LoopActor
 
-__all__ = ["Scheduler", "current", "new_event_loop"]
+__all__ = ["ActorObserver", "Scheduler", "current", "new_event_loop"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("otp")
 
 DEFAULT_NODE = "nonode@nohost"
 
@@ -56,6 +66,34 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+class ActorObserver(Protocol):
+    """What :attr:`Scheduler.observer` is told; every method runs on the loop's thread.
+
+    The calls are synchronous and sit on the runtime's start, death and restart paths,
+    so an observer must be quick and must not block (count, sample, queue for later).
+    An exception from one is logged (logger ``otp``, ``what=actor_observer_crashed``)
+    and otherwise ignored: an observer cannot break an actor or a supervisor.
+    """
+
+    def actor_started(self, actor: LoopActor) -> None:
+        """``actor``'s ``on_start`` returned (awaited, if async) and it now takes
+        messages; also for actors without ``on_start``. Not called for an actor whose
+        start failed: that one is only reported by :meth:`actor_stopped`."""
+
+    def actor_stopped(self, actor: LoopActor, reason: Any) -> None:
+        """``actor`` died with exit ``reason`` (``"normal"``, ``"shutdown"``,
+        ``("shutdown", term)``, ``"killed"``, the exception that crashed it, ...).
+        Called exactly once per actor, after it left the process table and its links
+        and monitors were told. :func:`otp.actor.is_crash` tells crashes apart."""
+
+    def child_restarted(self, supervisor: LoopActor, child_id: Any, child_actor_kind: str) -> None:
+        """``supervisor`` started a new process for the child ``child_id`` because the
+        previous one died (not on the first start, nor on ``restart_child``);
+        ``child_actor_kind`` is the new actor's class name, or ``str(child_id)`` when
+        the actor cannot be found any more. Under ``one_for_all``/``rest_for_one`` only
+        the child that died is reported, not the siblings restarted with it."""
+
+
 class Scheduler:
     """Runs loop actors on one asyncio event loop and owns this process's actor table.
 
@@ -65,6 +103,9 @@ class Scheduler:
         throughput: messages one actor may handle before the next actor gets a turn.
         processes: the process table, actor id -> actor, for live actors of this process.
         names: locally registered names, name -> pid.
+        observer: an :class:`ActorObserver` told of actor starts, deaths and supervisor
+            restarts, or None (the default). It may be set or cleared from any thread;
+            its methods are always called on the loop's thread.
     """
 
     throughput = 64
@@ -100,6 +141,7 @@ class Scheduler:
         self.on_processes_lost: list[Callable[[set[tuple[str, int]]], None]] = []
         self.global_names: Any = None  # otp.global_names.GlobalNames, with dist
         self.cets: Any = None  # otp.cets.Cets, with dist
+        self.observer: ActorObserver | None = None
 
     # -- identity --------------------------------------------------------------------------
 
@@ -234,6 +276,56 @@ class Scheduler:
         if runq and not self._drain_pending:
             self._drain_pending = True
             self.loop.call_soon(self._drain)
+
+    # -- observing -------------------------------------------------------------------------
+
+    def notify_observer(self, event: str, *args: Any) -> None:
+        """Call ``observer.<event>(*args)``; an exception from it is logged, never raised.
+
+        Loop thread only. Callers test ``self.observer is not None`` first, so that an
+        unset observer costs them one attribute test and no call.
+        """
+        observer = self.observer
+        if observer is None:
+            return
+        try:
+            getattr(observer, event)(*args)
+        except Exception:
+            logger.exception(
+                "actor observer %r failed in %s",
+                observer,
+                event,
+                extra={
+                    "what": "actor_observer_crashed",
+                    "event": event,
+                    "observer": repr(observer),
+                },
+            )
+
+    def mailbox_stats(self) -> dict[str, Any]:
+        """Queued messages over the live actors of this process.
+
+        Returns ``{"total": n, "max": m, "max_kind": kind}``: the sum of all mailbox
+        lengths, the longest one, and the class name of the actor that has it (None
+        when no actor has a message waiting). Loop thread only: it walks the process
+        table, which only that thread may read while it changes. O(actors), so for
+        periodic sampling (a gauge every few seconds), not for every message.
+        """
+        total = 0
+        longest = 0
+        holder: LoopActor | None = None
+        for actor in self.processes.values():
+            queued = len(actor.actor_inbox._q)
+            if queued:
+                total += queued
+                if queued > longest:
+                    longest = queued
+                    holder = actor
+        return {
+            "total": total,
+            "max": longest,
+            "max_kind": holder.__class__.__name__ if holder is not None else None,
+        }
 
     def statistics(self) -> dict[str, int]:
         """Counts for observability: live actors, run-queue length, registered names."""

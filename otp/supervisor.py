@@ -86,6 +86,14 @@ Contracts
         ``supervisor_child_start_failed``, ``supervisor_intensity_exceeded``,
         ``supervisor_shutdown_error`` (a child died of something else than its shutdown
         signal, e.g. it had to be killed after its shutdown time).
+    Observer
+        Each restart of a child that died, once its new process is started, is told to
+        the scheduler's observer as ``child_restarted(supervisor, child_id, kind)``
+        (see :class:`otp.scheduler.ActorObserver`): ``child_id`` is the spec's id (the
+        template's for ``simple_one_for_one``), ``kind`` the new actor's class name.
+        The first start, ``restart_child``, siblings restarted along with the dead child
+        (``one_for_all``, ``rest_for_one``) and a restart that returned ``ignore`` are
+        not reported.
 
 Defining a supervisor
     Either give flags and specs to the constructor::
@@ -133,7 +141,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from pykka.messages import _ActorStop
 
 from otp import process as _process
-from otp.actor import ActorRef, Down, Exit, LoopActor, StartError
+from otp.actor import ActorRef, Down, Exit, LoopActor, StartError, is_crash
 from otp.future import LoopFuture
 from otp.pid import Pid, Ref
 
@@ -354,11 +362,7 @@ class _TryAgain(NamedTuple):
 
 
 def _is_orderly(reason: Any) -> bool:
-    return (
-        reason == "normal"
-        or reason == "shutdown"
-        or (isinstance(reason, tuple) and len(reason) == 2 and reason[0] == "shutdown")
-    )
+    return not is_crash(reason)
 
 
 class Supervisor(LoopActor):
@@ -626,6 +630,14 @@ class Supervisor(LoopActor):
                         "reason": repr(reason),
                     },
                 )
+                if pid is not None and self._scheduler.observer is not None:
+                    self._report_restart(child, pid)
+
+    def _report_restart(self, child: _Child, pid: Pid) -> None:
+        """Tell the observer; the kind is the new actor's class, if it still lives."""
+        actor = self._scheduler.lookup(pid)
+        kind = actor.__class__.__name__ if actor is not None else str(child.spec.id)
+        self._scheduler.notify_observer("child_restarted", self, child.spec.id, kind)
 
     def _try_again(self, message: _TryAgain) -> Any:
         child = message.child
