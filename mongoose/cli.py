@@ -12,12 +12,14 @@ starts with no files around it.
 Running in the background: `start` spawns `foreground` detached from the terminal (a new
 session, stdin /dev/null, stdout and stderr appended to `<data_dir>/mongoose.log`), waits
 until the node has written its pid to `<data_dir>/mongoose.pid` -- which it does once it
-is up -- and prints that pid. `stop` sends the pid in the pidfile SIGTERM and waits until
-the process is gone; the node removes the pidfile itself as it stops. `status` tells
-whether the pidfile names a live node. A pidfile whose process is gone (a node killed
-outright), or is no longer a mongoose node (its pid reused), is stale: reported, and
-removed by `stop`. The node keeps the working directory it was started from, so a
-relative `data_dir` means the same directory to every command run from there.
+is up -- and prints that pid. The node's log goes where `general.log_file` says (stderr,
+hence `mongoose.log`, when it is ""), in `general.log_format` unless `--log-format` is
+given. `stop` sends the pid in the pidfile SIGTERM and waits until the process is gone;
+the node removes the pidfile itself as it stops. `status` tells whether the pidfile names
+a live node. A pidfile whose process is gone (a node killed outright), or is no longer a
+mongoose node (its pid reused), is stale: reported, and removed by `stop`. The node keeps
+the working directory it was started from, so a relative `data_dir` means the same
+directory to every command run from there.
 """
 
 from __future__ import annotations
@@ -153,7 +155,13 @@ def cmd_foreground(args: argparse.Namespace) -> int:
         print(f"mongoose: a node is already running with pid {pid} (pidfile {pidfile})",
               file=sys.stderr)
         return EXIT_FAILURE
-    logs.setup(cfg.general.loglevel, args.log_format)
+    log_format = args.log_format or cfg.general.log_format
+    log_path = cfg.log_path
+    try:
+        logs.setup(cfg.general.loglevel, log_format, path=log_path)  # type: ignore[arg-type]
+    except logs.LogFileError as e:
+        print(f"mongoose: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     log.info(
         "config loaded",
         extra={"what": "config_loaded", "config": cfg.source, "hosts": list(cfg.general.hosts)},
@@ -162,7 +170,11 @@ def cmd_foreground(args: argparse.Namespace) -> int:
     from supervisors import node
 
     try:
-        return node.run(cfg, pidfile, log_format=args.log_format)
+        return node.run(
+            cfg, pidfile, log_format=log_format,
+            # Absolute: the workers get it on their command line.
+            log_file=str(log_path.absolute()) if log_path is not None else None,
+        )
     except Exception:
         log.critical("node crashed", exc_info=True, extra={"what": "node_crashed"})
         return EXIT_FAILURE
@@ -193,8 +205,17 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"mongoose: cannot open the log file {logfile}: {e.strerror or e}",
               file=sys.stderr)
         return EXIT_FAILURE
-    log_start = os.fstat(log_fd).st_size
-    command = [sys.executable, "-m", "mongoose", "foreground", "--log-format", args.log_format]
+    # Where to look if the node fails to come up: its stderr, and its log file if it has one.
+    tails = [(logfile, os.fstat(log_fd).st_size)]
+    configured = cfg.log_path
+    if configured is not None and configured.absolute() != logfile.absolute():
+        try:
+            tails.append((configured, configured.stat().st_size))
+        except OSError:
+            tails.append((configured, 0))
+    command = [sys.executable, "-m", "mongoose", "foreground"]
+    if args.log_format is not None:
+        command += ["--log-format", args.log_format]
     if args.config is not None:
         command += ["--config", args.config]
     # The node must import this very package, whatever sys.path the caller had.
@@ -230,12 +251,12 @@ def cmd_start(args: argparse.Namespace) -> int:
         if done:
             status = os.waitstatus_to_exitcode(wait_status)
             print(f"mongoose: the node exited with status {status} while starting; "
-                  f"{_log_tail(logfile, log_start)}", file=sys.stderr)
+                  f"{_log_tails(tails)}", file=sys.stderr)
             return EXIT_FAILURE
         if time.monotonic() > deadline:
             _stop_child(child)
             print(f"mongoose: the node was not up within {args.timeout:g} s; stopped it; "
-                  f"{_log_tail(logfile, log_start)}", file=sys.stderr)
+                  f"{_log_tails(tails)}", file=sys.stderr)
             return EXIT_FAILURE
         time.sleep(_POLL)
 
@@ -253,15 +274,34 @@ def _stop_child(pid: int) -> None:
         time.sleep(_POLL)
 
 
+def _log_tails(files: list[tuple[Path, int]]) -> str:
+    """What the node wrote since each offset, as a message part: the first file (its
+    stderr) always, the others (its configured log file) when they have new lines."""
+    (first, offset), *others = files
+    parts = [_log_tail(first, offset)]
+    for path, start in others:
+        with contextlib.suppress(OSError):
+            if _new_lines(path, start):
+                parts.append(_log_tail(path, start))
+    return "; ".join(parts)
+
+
+def _new_lines(logfile: Path, offset: int) -> list[str]:
+    """The last lines written to `logfile` since `offset`; OSError if it cannot be read."""
+    with open(logfile, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode("utf-8", "replace")
+    return text.splitlines()[-LOG_TAIL_LINES:]
+
+
 def _log_tail(logfile: Path, offset: int) -> str:
     """The last lines the node wrote to `logfile` since `offset`, as a message part."""
     try:
-        with open(logfile, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode("utf-8", "replace")
+        lines = _new_lines(logfile, offset)
+    except FileNotFoundError:
+        return f"nothing in {logfile}"
     except OSError as e:
         return f"cannot read {logfile}: {e.strerror or e}"
-    lines = text.splitlines()[-LOG_TAIL_LINES:]
     if not lines:
         return f"nothing in {logfile}"
     return f"last lines of {logfile}:\n" + "\n".join(lines)
@@ -353,16 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
     node_options.add_argument(
         "--log-format",
         choices=logs.FORMATS,
-        default="json",
-        help="json: one JSON object per line (default); text: for reading in a terminal",
+        default=None,
+        help="json: one JSON object per line; text: for reading in a terminal (default: "
+        "general.log_format of the config, json unless set there)",
     )
 
     foreground = commands.add_parser(
         "foreground",
         parents=[node_options],
         help="run the node in the foreground until Ctrl-C or SIGTERM",
-        description="Run the node in the foreground, logging to stderr, until Ctrl-C or "
-        "SIGTERM.",
+        description="Run the node in the foreground, logging to stderr (or to "
+        "general.log_file), until Ctrl-C or SIGTERM.",
     )
     foreground.set_defaults(func=cmd_foreground)
 
@@ -371,9 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[node_options],
         help="start the node in the background and print its pid",
         description="Start the node in the background, detached from the terminal, logging "
-        "to <data_dir>/mongoose.log. Returns once the node is up (it has written "
-        "<data_dir>/mongoose.pid) and prints its pid; exits 1 with the log's last lines if "
-        "it fails to come up.",
+        "to general.log_file, or to <data_dir>/mongoose.log if that is \"\". Returns once "
+        "the node is up (it has written <data_dir>/mongoose.pid) and prints its pid; exits 1 "
+        "with the log's last lines if it fails to come up.",
     )
     start.add_argument(
         "--timeout",

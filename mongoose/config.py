@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mongoose.logs import LEVELS
+from mongoose.logs import FORMATS, LEVELS
 
 
 class ConfigError(Exception):
@@ -165,6 +165,12 @@ def str_value(value: Any) -> str:
     return value
 
 
+def file_or_console(value: Any) -> str:
+    if not isinstance(value, str) or "\0" in value:
+        raise Invalid('a file path, or "" for the console (stderr)')
+    return value
+
+
 def domain_or_empty(value: Any) -> str:
     if value == "":
         return ""
@@ -231,6 +237,11 @@ class General:
     # XMPP domains this node serves.
     hosts: tuple[str, ...] = setting(("localhost",), domain_list)
     loglevel: str = setting("info", one_of(*LEVELS))
+    # Log lines: "json" (one object per line) or "text"; `--log-format` overrides it.
+    log_format: str = setting("json", one_of(*FORMATS))
+    # The file the node and its workers append their log to; "" means the console
+    # (stderr). Relative paths are under `data_dir`.
+    log_file: str = setting("", file_or_console)
     # Erlang-style name@host; identifies the node in a cluster.
     node_name: str = setting("mongoose@localhost", erlang_node_name)
     # Worker processes (schedulers); 0 means one per CPU core.
@@ -320,11 +331,45 @@ class C2sListener:
     tls: Tls = field(default_factory=Tls)
 
 
+def http_path(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9._~/-]*", value):
+        raise Invalid('an absolute URL path such as "/metrics"')
+    return value
+
+
+@dataclass(frozen=True)
+class PrometheusEndpoint:
+    """`[[listen.http.handlers.mongoose_prometheus_handler]]`: where the node's merged
+    metrics page is served on that listener. `host = "_"` (any Host header) is the only
+    value MongooseIM's configs use and the only one accepted."""
+
+    host: str = setting("_", one_of("_"))
+    path: str = setting("/metrics", http_path)
+
+
+@dataclass(frozen=True)
+class HttpHandlers:
+    """`[listen.http.handlers]`: the HTTP handlers of a listener."""
+
+    mongoose_prometheus_handler: tuple[PrometheusEndpoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpListener:
+    """One `[[listen.http]]`: an HTTP port of the node's root process (not of the workers),
+    serving the handlers listed under it."""
+
+    port: int = setting(9091, port)
+    ip_address: str = setting("127.0.0.1", ip_address)
+    handlers: HttpHandlers = field(default_factory=HttpHandlers)
+
+
 @dataclass(frozen=True)
 class Listen:
     """`[listen]`: the ports the node serves. Without any `[[listen.c2s]]`, one on 5222."""
 
     c2s: tuple[C2sListener, ...] = (C2sListener(),)
+    http: tuple[HttpListener, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -418,7 +463,9 @@ def tcp_port(value: Any) -> int:
 
 @dataclass(frozen=True)
 class PrometheusHandlerConfig:
-    """`[instrumentation.prometheus]`: metrics served at http://ip_address:port/metrics."""
+    """`[instrumentation.prometheus]`: the node serves its workers' metrics, merged, on one
+    page: at every `[[listen.http]]` with a `mongoose_prometheus_handler`, or, when no
+    listener has one, at http://ip_address:port/metrics."""
 
     port: int = setting(9091, port)
     ip_address: str = setting("127.0.0.1", ip_address)
@@ -488,6 +535,11 @@ class Config:
         p = Path(path)
         return p if p.is_absolute() else Path(self.general.data_dir) / p
 
+    @property
+    def log_path(self) -> Path | None:
+        """The file `general.log_file` names (relative: under `data_dir`); None: stderr."""
+        return self.data_path(self.general.log_file) if self.general.log_file else None
+
 
 # Loading
 
@@ -544,6 +596,29 @@ def _check_whole(config: Config, source: str) -> None:
             raise ConfigError(
                 source, f"{key}.tls: expected both certfile and keyfile, or neither",
                 key=f"{key}.tls")
+    http_ports: dict[tuple[str, int], int] = {}
+    for i, http in enumerate(config.listen.http):
+        key = f"listen.http[{i}]"
+        where = (http.ip_address, http.port)
+        if where in http_ports:
+            raise ConfigError(
+                source, f"{key}.port: expected a port no other listener uses, got "
+                f"{http.port} (as listen.http[{http_ports[where]}])", key=f"{key}.port")
+        http_ports[where] = i
+        if not http.handlers.mongoose_prometheus_handler:
+            raise ConfigError(
+                source, f"{key}.handlers: expected at least one handler "
+                "(mongoose_prometheus_handler)", key=f"{key}.handlers")
+        paths = [h.path for h in http.handlers.mongoose_prometheus_handler]
+        if len(set(paths)) != len(paths):
+            raise ConfigError(
+                source, f"{key}.handlers.mongoose_prometheus_handler: expected distinct "
+                f"paths, got {paths}", key=f"{key}.handlers.mongoose_prometheus_handler")
+        if config.instrumentation.prometheus is None:
+            sub = f"{key}.handlers.mongoose_prometheus_handler"
+            raise ConfigError(
+                source, f"{sub}: expected [instrumentation.prometheus] to be enabled for "
+                "the metrics this handler serves", key=sub)
 
 
 class _ArrayOf(typing.NamedTuple):

@@ -16,7 +16,8 @@ once released. The message is for humans and may change. Field names must not cl
 
 Output
 ------
-`setup(level, fmt)` installs one handler on the root logger, writing to stderr.
+`setup(level, fmt, stream=None, path=None)` installs one handler on the root logger, writing
+to `stream` (default stderr) or, with `path`, appending to that file (see "Log files").
 
 - `json`: one JSON object per line with `time` (ISO 8601, UTC), `level`, `logger`, `what`,
   `msg`, then every extra field; `traceback` holds the formatted exception when `exc_info` is
@@ -29,14 +30,27 @@ Records without `what` (from libraries) get `null` in JSON and `-` in text.
 
 Levels are MongooseIM's: debug, info, notice, warning, error, critical. `notice` is added to
 `logging` as level 25, between info and warning.
+
+Log files
+---------
+The node and its worker processes all append to the same file (`general.log_file`). Each
+record goes out as one `os.write` of the whole encoded line, newline included, on a file
+descriptor opened with `O_APPEND` (see `AppendFileHandler` for why). The parent directory is
+created (mode 0700) when missing; a file that cannot be opened is a `LogFileError` naming the
+path and the reason. There is no reopen on SIGHUP: rotate with logrotate's `copytruncate`,
+which works with `O_APPEND` (after the truncation every process's next write lands at the new
+end of file, 0, rather than at its old offset, so no hole of NUL bytes appears; lines written
+between the copy and the truncation are lost, as logrotate's manual warns).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any, Literal
 
 NOTICE = 25
@@ -63,12 +77,84 @@ _FIXED_KEYS = ("time", "level", "logger", "what", "msg", "traceback", "stack")
 _installed: logging.Handler | None = None
 
 
+class LogFileError(Exception):
+    """The log file cannot be opened; the message names the path and the reason."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot open the log file {self.path}: {reason}")
+
+
+class AppendFileHandler(logging.Handler):
+    """Appends each record, as one line, to a file that other processes append to as well.
+
+    Why one `os.write` on an `O_APPEND` descriptor: with `O_APPEND` the kernel moves the
+    offset to the end of the file and writes in one step, so writes from several processes
+    never overwrite each other; and a write is the unit that stays whole, so the record and
+    its newline must be one write. `logging.FileHandler` writes through a buffered text
+    stream (TextIOWrapper over BufferedWriter): whether a record reaches the file in one
+    write depends on those layers' buffer sizes and flush paths (CPython's happen to do
+    it today, but nothing promises it), so this handler encodes the line and writes the
+    bytes itself, and lines of two processes cannot interleave. On local file systems
+    (ext4, xfs, btrfs, tmpfs) Linux serialises writes to a file, so a write of any size stays
+    whole; NFS does not implement `O_APPEND` atomically and is not supported for this file.
+    Threads of one process are serialised by the handler's lock (`Handler.handle`).
+    """
+
+    terminator = "\n"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            raise LogFileError(self.path, _reason(error)) from None
+        try:
+            self.fd: int | None = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
+            )
+        except (OSError, ValueError) as error:  # ValueError: a NUL in the path
+            raise LogFileError(self.path, _reason(error)) from None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            # backslashreplace: a lone surrogate (an undecodable file name, say) must not
+            # lose the record.
+            data = (self.format(record) + self.terminator).encode("utf-8", "backslashreplace")
+            if self.fd is None:
+                raise ValueError(f"log file {self.path} is closed")
+            written = os.write(self.fd, data)
+            # A regular file takes the whole buffer unless the disk fills up or a signal
+            # interrupts a huge write; write what is left rather than lose it.
+            while written < len(data):
+                data = data[written:]
+                written = os.write(self.fd, data)
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+        super().close()
+
+
+def _reason(error: Exception) -> str:
+    return (error.strerror if isinstance(error, OSError) else None) or str(error)
+
+
 def setup(
     level: str | int = "info",
     fmt: Literal["json", "text"] = "json",
     stream: IO[str] | None = None,
+    path: str | os.PathLike[str] | None = None,
 ) -> logging.Handler:
-    """Send all logging at `level` and above to `stream` (stderr) in format `fmt`."""
+    """Send all logging at `level` and above, in format `fmt`, to `stream` (stderr) or, with
+    `path`, to the end of that file (see "Log files"). Raises ValueError for an unknown
+    level or format, LogFileError when the file cannot be opened."""
     global _installed
     if isinstance(level, str):
         try:
@@ -82,11 +168,18 @@ def setup(
         formatter = TextFormatter()
     else:
         raise ValueError(f"unknown log format {fmt!r}")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    if stream is not None and path is not None:
+        raise ValueError("give a stream or a path, not both")
+    handler: logging.Handler
+    if path is not None:
+        handler = AppendFileHandler(path)
+    else:
+        handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)
+        _installed.close()  # a file's descriptor; a StreamHandler leaves its stream open
     root.addHandler(handler)
     root.setLevel(level)
     _installed = handler

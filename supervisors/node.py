@@ -25,6 +25,8 @@ The tree grows with the issues that add its parts (see shared/DESIGN.md): instru
 cluster membership services and the admin endpoint become children of ``node_sup``.
 
     node_sup (one_for_one)
+      metrics        the root's instrumentation; serves the node's merged /metrics page
+                     and pushes to Graphite (mongoose.instrument.service)
       node_status    answers status queries (mongoose.status)
       workers_sup    the worker OS processes 1..W (supervisors.workers)
       cets_discovery joins the nodes listed in a file (when configured; otp.discovery)
@@ -45,6 +47,7 @@ from pathlib import Path
 
 import otp
 from mongoose.config import Config
+from mongoose.instrument.service import NodeMetrics
 from mongoose.status import NodeStatus
 from otp import curve
 from otp import scheduler as scheduler_mod
@@ -65,11 +68,13 @@ def node_sup_children(
     *,
     keys_file: str | None,
     log_format: str = "json",
+    log_file: str | None = None,
 ) -> list[ChildSpec]:
     """The child specs of ``node_sup``, left to right (start order)."""
     general = config.general
     discovery = config.internal_databases.cets
     children = [
+        ChildSpec(id="metrics", start=partial(NodeMetrics.start, config)),
         ChildSpec(
             id="node_status",
             start=partial(NodeStatus.start, general.node_name, general.hosts),
@@ -79,6 +84,7 @@ def node_sup_children(
             worker_count(general.workers),
             keys_file=keys_file,
             log_format=log_format,
+            log_file=log_file,
             log_level=general.loglevel,
             config_file=_config_file(config),
         ),
@@ -136,12 +142,14 @@ def cluster_keys(config: Config) -> tuple[curve.CurveKeys, str]:
 
 
 def run(
-    config: Config, pidfile: str | os.PathLike[str] | None = None, log_format: str = "json"
+    config: Config, pidfile: str | os.PathLike[str] | None = None, log_format: str = "json",
+    log_file: str | None = None,
 ) -> int:
     """Run the node until SIGTERM/SIGINT; returns the process exit code.
 
     With ``pidfile``, the node's OS pid is written there once it is up and removed at
-    the end (see the module docstring).
+    the end (see the module docstring). ``log_format`` and ``log_file`` (None: stderr) are
+    how the workers log, as the caller set up this process's logging.
     """
     path = Path(pidfile) if pidfile is not None else None
     if path is not None:
@@ -174,7 +182,8 @@ def run(
     )
     scheduler_mod.install(scheduler)
     try:
-        return scheduler.run(_main(config, scheduler, path, keys, keys_file, log_format))
+        return scheduler.run(
+            _main(config, scheduler, path, keys, keys_file, log_format, log_file))
     finally:
         if path is not None:
             remove_pidfile(path)
@@ -208,6 +217,7 @@ async def _main(
     keys: curve.CurveKeys,
     keys_file: str,
     log_format: str,
+    log_file: str | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -236,7 +246,7 @@ async def _main(
         return 1
     try:
         return await _serve(
-            config, scheduler, runtime, pidfile, keys_file, log_format, started,
+            config, scheduler, runtime, pidfile, keys_file, log_format, log_file, started,
             stop_requested,
         )
     finally:
@@ -251,10 +261,12 @@ async def _serve(
     pidfile: Path | None,
     keys_file: str,
     log_format: str,
+    log_file: str | None,
     started: float,
     stop_requested: asyncio.Event,
 ) -> int:
-    children = node_sup_children(config, runtime, keys_file=keys_file, log_format=log_format)
+    children = node_sup_children(config, runtime, keys_file=keys_file, log_format=log_format,
+                                 log_file=log_file)
     node_sup = Supervisor.start(strategy="one_for_one", children=children)
     try:
         await otp.started(node_sup)

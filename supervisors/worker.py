@@ -5,6 +5,8 @@ children, left to right, under a ``rest_for_one`` supervisor once the worker has
 its node's mesh (a child that dies takes down those started after it, which depend on
 it, and they restart together)::
 
+    instrument       the process's instrumentation: handlers, actor lifecycle events,
+                     probes; answers the node's metrics actor (mongoose.instrument.service)
     worker_status    answers the shell and ``mongoose status``
     xmpp_services    the server context: config, account store, TLS contexts; the
                      session table; the configured modules (hooks, iq handlers)
@@ -23,7 +25,6 @@ from typing import Any
 
 import otp
 from mongoose import config as config_mod
-from mongoose import instrument
 from mongoose.status import WorkerStatus
 from otp.supervisor import ChildSpec, Supervisor
 
@@ -44,9 +45,6 @@ class XmppServices(otp.LoopActor):
         from mongoose import modules, server, sm
 
         server.setup(self.config)
-        # Handlers collect in each worker; serving the node's one merged /metrics page
-        # (and so the prometheus and graphite outputs) is not built yet: issue 7.
-        instrument.setup(self.config, serve=False)
         sm.create_table()
         modules.start_all(self.config)
 
@@ -54,7 +52,6 @@ class XmppServices(otp.LoopActor):
         from mongoose import modules
 
         modules.stop_all()
-        instrument.set_handlers([])
 
 
 class RouterSup(Supervisor):
@@ -85,10 +82,12 @@ def children(config_path: str | None = None) -> list[ChildSpec]:
     specs = [ChildSpec("worker_status", WorkerStatus.start)]
     if config_path is None:
         return specs
+    from mongoose.instrument.service import InstrumentActor
     from mongoose.listener import C2SListener
 
     config = config_mod.load(config_path)
     return [
+        ChildSpec("instrument", partial(InstrumentActor.start, config)),
         *specs,
         ChildSpec("xmpp_services", partial(XmppServices.start, config)),
         ChildSpec("router_sup", RouterSup.start, type="supervisor"),

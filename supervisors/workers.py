@@ -52,7 +52,8 @@ class WorkerProcess(OsProcess):
 
 
 def worker_argv(runtime: Runtime, worker: int, *, keys_file: str | None,
-                log_format: str, log_level: str, config_file: str | None = None) -> list[str]:
+                log_format: str, log_level: str, config_file: str | None = None,
+                log_file: str | None = None) -> list[str]:
     """The command line of worker ``worker`` of this node."""
     scheduler = runtime.scheduler
     argv = [
@@ -66,6 +67,8 @@ def worker_argv(runtime: Runtime, worker: int, *, keys_file: str | None,
         "--log-format", log_format,
         "--log-level", log_level,
     ]
+    if log_file:
+        argv += ["--log-file", log_file]
     if keys_file:
         argv += ["--keys", keys_file]
     if config_file:
@@ -74,13 +77,13 @@ def worker_argv(runtime: Runtime, worker: int, *, keys_file: str | None,
 
 
 def workers_sup_spec(runtime: Runtime, count: int, *, keys_file: str | None,
-                     log_format: str, log_level: str, config_file: str | None = None
-                     ) -> ChildSpec:
+                     log_format: str, log_level: str, config_file: str | None = None,
+                     log_file: str | None = None) -> ChildSpec:
     """The child spec of ``workers_sup`` with ``count`` worker processes."""
     children = []
     for n in range(1, count + 1):
         argv = worker_argv(runtime, n, keys_file=keys_file, log_format=log_format,
-                           log_level=log_level, config_file=config_file)
+                           log_level=log_level, config_file=config_file, log_file=log_file)
         start = functools.partial(
             WorkerProcess.start, argv, worker=n, runtime=runtime, name=f"worker{n}",
             ready_line=READY_LINE, term_timeout=TERM_TIMEOUT,

@@ -100,6 +100,12 @@ def test_hosts_are_lowercased(tmp_path):
         ("workers = 1.5", "general.workers", "expected an integer >= 0"),
         ('node_name = "mongoose"', "general.node_name", "expected a node name like name@host"),
         ('data_dir = ""', "general.data_dir", "expected a directory path"),
+        ('log_format = "xml"', "general.log_format", "expected one of json, text"),
+        ("log_format = 1", "general.log_format", "expected one of json, text"),
+        ("log_file = 1", "general.log_file",
+         'expected a file path, or "" for the console (stderr)'),
+        ("log_file = []", "general.log_file", "expected a file path"),
+        ('log_file = "a\\u0000b"', "general.log_file", "expected a file path"),
     ],
 )
 def test_invalid_value_names_file_key_and_expectation(tmp_path, toml, key, expected):
@@ -121,8 +127,8 @@ def test_unknown_key(tmp_path):
     assert error.key == "general.hsots"
     assert "unknown key general.hsots" in str(error)
     assert "did you mean hosts?" in str(error)
-    assert ("expected one of data_dir, default_server_domain, hosts, loglevel, "
-            "max_user_sessions, node_name, workers") in str(error)
+    assert ("expected one of data_dir, default_server_domain, hosts, log_file, log_format, "
+            "loglevel, max_user_sessions, node_name, workers") in str(error)
 
 
 def test_unknown_section(tmp_path):
@@ -248,3 +254,22 @@ def test_default_server_domain_must_be_served(tmp_path):
     """general.default_server_domain names one of general.hosts."""
     error = load_error(tmp_path, '[general]\nhosts = ["a.org"]\ndefault_server_domain = "b.org"\n')
     assert error.key == "general.default_server_domain"
+
+
+@pytest.mark.timeout(10)
+def test_log_settings_default_to_json_on_the_console():
+    """Without log_format and log_file the node logs JSON lines to stderr."""
+    general = config.loads("").general
+    assert (general.log_format, general.log_file) == ("json", "")
+    assert config.loads("").log_path is None
+
+
+@pytest.mark.timeout(10)
+def test_log_file_relative_to_data_dir():
+    """A relative log_file is under general.data_dir; an absolute one is kept as is."""
+    cfg = config.loads('[general]\ndata_dir = "/var/lib/m"\nlog_file = "logs/node.log"\n'
+                       'log_format = "text"\n')
+    assert cfg.general.log_format == "text"
+    assert cfg.log_path == Path("/var/lib/m/logs/node.log")
+    cfg = config.loads('[general]\nlog_file = "/var/log/mongoose.log"\n')
+    assert cfg.log_path == Path("/var/log/mongoose.log")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import urllib.request
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,13 +17,9 @@ import pytest
 import mongoose.instrument.registry as registry_mod
 from mongoose import instrument
 from mongoose.config import ConfigError, loads
-from mongoose.instrument import (
-    GraphiteHandler,
-    InstrumentError,
-    LogHandler,
-    MemoryHandler,
-    PrometheusHandler,
-)
+from mongoose.instrument import InstrumentError, LogHandler, MemoryHandler, MetricStore
+from mongoose.instrument.exposition import GraphiteReporter, merge, prometheus_text
+from mongoose.instrument.store import HISTOGRAM_BUCKETS
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -335,12 +330,50 @@ def _session_events(handler: Any) -> None:
     instrument.execute("sm_total_sessions", {}, {"count": 42})
 
 
+def test_the_store_keeps_sums_gauges_and_histogram_buckets():
+    """Spirals and counters sum, gauges keep the last value, histograms count samples per
+    bucket (upper bounds powers of 4; value == bound goes in that bucket) plus the sum."""
+    store = MetricStore()
+    _session_events(store)
+    instrument.execute("c2s_message_processed", HOST, {"time": 4})
+    events = store.snapshot()["events"]
+    assert events["sm_session"]["series"] == [[["localhost"],
+                                               {"logins": 2, "logouts": 1, "count": 1}]]
+    assert events["sm_total_sessions"]["series"] == [[[], {"count": 42}]]
+    [[_, hist]] = events["c2s_message_processed"]["series"]
+    cells = hist["time"]
+    assert len(cells) == len(HISTOGRAM_BUCKETS) + 2
+    assert cells[1] == 1  # 4 <= 4
+    assert cells[HISTOGRAM_BUCKETS.index(256.0) - 0] == 1  # 100 <= 256
+    assert cells[HISTOGRAM_BUCKETS.index(4096.0)] == 1  # 3000 <= 4096
+    assert cells[-1] == 3104
+
+
+def test_a_prepared_sink_creates_its_series_at_zero_and_follows_handler_changes():
+    """prepared() makes the series exist before the first event (rate() needs the zero);
+    a sink prepared before a handler was installed feeds it afterwards."""
+    instrument.register("ev", ("host_type",), {"count": "spiral"})
+    sink = instrument.prepared("ev", HOST)
+    sink.emit({"count": 1})  # no handler: nothing, no error
+    store = MetricStore()
+    instrument.set_handlers([store])
+    assert store.snapshot()["events"]["ev"]["series"] == [[["localhost"], {"count": 0}]]
+    sink.emit({"count": 2})
+    assert instrument.prepared("ev", HOST) is sink
+    assert store.snapshot()["events"]["ev"]["series"] == [[["localhost"], {"count": 2}]]
+    with pytest.raises(InstrumentError, match="not registered metrics"):
+        sink.emit({"bytes": 1})
+    with pytest.raises(InstrumentError, match="labels"):
+        instrument.prepared("ev", {"host": "x"})
+
+
 def test_prometheus_exposition_names_metrics_as_mongooseim():
     """<event>_<metric> with the event's labels: spiral as a counter (_total), counter as
-    a gauge that goes down, gauge as set, histogram with microsecond buckets."""
-    prometheus = PrometheusHandler()
-    _session_events(prometheus)
-    text = prometheus.text()
+    a gauge that goes down, gauge as set (with the process as worker label), histogram
+    with microsecond buckets."""
+    store = MetricStore()
+    _session_events(store)
+    text = prometheus_text(merge([("1", store.snapshot())])).decode()
     assert "# TYPE sm_session_logins_total counter" in text
     assert 'sm_session_logins_total{host_type="localhost"} 2.0' in text
     assert 'sm_session_logouts_total{host_type="localhost"} 1.0' in text
@@ -350,21 +383,24 @@ def test_prometheus_exposition_names_metrics_as_mongooseim():
     assert 'c2s_message_processed_time_count{host_type="localhost"} 2.0' in text
     assert 'c2s_message_processed_time_sum{host_type="localhost"} 3100.0' in text
     assert 'c2s_message_processed_time_bucket{host_type="localhost",le="1024.0"} 1.0' in text
-    assert "sm_total_sessions_count 42.0" in text
+    assert 'c2s_message_processed_time_bucket{host_type="localhost",le="+Inf"} 2.0' in text
+    assert 'sm_total_sessions_count{worker="1"} 42.0' in text
 
 
-def test_prometheus_serve_answers_a_real_scrape():
-    """serve(0) listens on a free port; GET /metrics returns the exposition text."""
-    prometheus = PrometheusHandler()
-    _session_events(prometheus)
-    port = prometheus.serve(0, "127.0.0.1")
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-            body = reply.read().decode()
-            assert reply.status == 200
-    finally:
-        prometheus.stop()
-    assert 'sm_session_logins_total{host_type="localhost"} 2.0' in body
+def test_merge_sums_over_processes_and_keeps_gauges_per_worker():
+    """Two workers' sums, counters and histograms add up; their gauges stay apart."""
+    a, b = MetricStore(), MetricStore()
+    _session_events(a)
+    snap_a = a.snapshot()
+    instrument.reset()
+    _session_events(b)
+    instrument.execute("sm_total_sessions", {}, {"count": 7})
+    families = merge([("1", snap_a), ("2", b.snapshot())])
+    assert families["sm_session_logins"].samples == {("localhost",): 4}
+    assert families["sm_session_count"].samples == {("localhost",): 2}
+    assert families["c2s_message_processed_time"].samples[("localhost",)][-1] == 6200
+    assert families["sm_total_sessions_count"].labels == ("worker",)
+    assert families["sm_total_sessions_count"].samples == {("1",): 42, ("2",): 7}
 
 
 class CarbonServer:
@@ -402,49 +438,38 @@ class CarbonServer:
         self.thread.join(5)
 
 
-def test_graphite_pushes_plaintext_lines_to_a_real_listener():
-    """push_now sends prefix.event.label_values.metric value timestamp lines over TCP."""
-    carbon = CarbonServer()
-    try:
-        graphite = GraphiteHandler("127.0.0.1", carbon.port, interval=60, prefix="mim",
-                                   clock=lambda: 1700000000.5)
-        _session_events(graphite)
-        assert graphite.push_now() == 7
-        lines = carbon.wait_lines(7)
-    finally:
-        carbon.close()
+def test_graphite_lines_carry_sums_gauges_and_interval_statistics():
+    """prefix.event.label_values.metric value timestamp; a histogram sends its running
+    count and, over the samples since the previous push, mean and quantile bounds; a
+    gauge's worker becomes a path part."""
+    store = MetricStore()
+    _session_events(store)
+    reporter = GraphiteReporter("mim")
+    lines = reporter.lines(merge([("1", store.snapshot())]), 1700000000)
     assert lines == [
         "mim.c2s_message_processed.localhost.time.count 2 1700000000",
         "mim.c2s_message_processed.localhost.time.mean 1550 1700000000",
-        "mim.c2s_message_processed.localhost.time.max 3000 1700000000",
+        "mim.c2s_message_processed.localhost.time.p50 256 1700000000",
+        "mim.c2s_message_processed.localhost.time.p95 4096 1700000000",
+        "mim.c2s_message_processed.localhost.time.p99 4096 1700000000",
         "mim.sm_session.localhost.count 1 1700000000",
         "mim.sm_session.localhost.logins 2 1700000000",
         "mim.sm_session.localhost.logouts 1 1700000000",
-        "mim.sm_total_sessions.count 42 1700000000",
+        "mim.sm_total_sessions.worker1.count 42 1700000000",
     ]
+    # No new samples: only the running count goes out for the histogram.
+    again = reporter.lines(merge([("1", store.snapshot())]), 1700000060)
+    assert "mim.c2s_message_processed.localhost.time.count 2 1700000060" in again
+    assert not [line for line in again if ".time.mean" in line]
 
 
-def test_graphite_histograms_restart_after_a_push_and_label_dots_are_escaped():
-    """Histogram samples are per push interval; a dot in a label value becomes _."""
-    graphite = GraphiteHandler(clock=lambda: 10)
-    instrument.set_handlers([graphite])
-    instrument.register("lookup", ("host_type",), {"time": "histogram"})
-    instrument.execute("lookup", {"host_type": "example.com"}, {"time": 5})
-    assert graphite.lines()[0] == "mongooseim.lookup.example_com.time.count 1 10"
-    assert graphite.lines() == ["mongooseim.lookup.example_com.time.count 0 10"]
-
-
-def test_graphite_push_to_nowhere_raises_oserror():
-    """push_now reports an unreachable server as OSError (the timer thread logs it)."""
-    free = socket.create_server(("127.0.0.1", 0))
-    port = free.getsockname()[1]
-    free.close()
-    graphite = GraphiteHandler("127.0.0.1", port)
-    instrument.set_handlers([graphite])
-    instrument.register("ev", (), {"count": "spiral"})
-    instrument.execute("ev", {}, {"count": 1})
-    with pytest.raises(OSError):
-        graphite.push_now()
+def test_graphite_escapes_dots_in_label_values():
+    store = MetricStore()
+    instrument.set_handlers([store])
+    instrument.register("lookup", ("host_type",), {"count": "spiral"})
+    instrument.execute("lookup", {"host_type": "example.com"}, {"count": 5})
+    assert GraphiteReporter().lines(merge([("1", store.snapshot())]), 10) == [
+        "mongooseim.lookup.example_com.count 5 10"]
 
 
 # Configuration
@@ -457,7 +482,7 @@ def test_instrumentation_defaults_enable_no_handler():
     assert config.instrumentation.prometheus is None
     assert config.instrumentation.log is None
     assert config.instrumentation.graphite is None
-    assert instrument.setup(config) == []
+    assert instrument.setup(config) is None
     assert instrument.handlers() == ()
 
 
@@ -493,24 +518,21 @@ def test_instrumentation_errors_name_the_key(text, key):
     assert key in str(error.value)
 
 
-def test_setup_builds_the_configured_handlers_and_serves():
-    """setup(config) installs prometheus, log and graphite handlers, serving /metrics."""
+def test_setup_installs_one_store_for_prometheus_and_graphite_and_the_log_handler():
+    """setup(config) installs the metric store (shared by the prometheus and graphite
+    outputs) and the log handler, and sets the probe interval."""
     config = loads("[instrumentation]\nprobe_interval = 3\n"
-                   '[instrumentation.prometheus]\nport = 0\n'
+                   '[instrumentation.prometheus]\n'
                    '[instrumentation.log]\nlevel = "debug"\n'
                    '[instrumentation.graphite]\nhost = "127.0.0.1"\ninterval = 3600\n')
-    built = instrument.setup(config)
-    try:
-        assert [type(h) for h in built] == [PrometheusHandler, LogHandler, GraphiteHandler]
-        assert instrument.handlers() == tuple(built)
-        assert instrument.process_registry.probe_interval == 3
-        instrument.register("ev", ("host_type",), {"count": "spiral"})
-        instrument.execute("ev", HOST, {"count": 3})
-        url = f"http://127.0.0.1:{built[0].port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as reply:
-            assert 'ev_count_total{host_type="localhost"} 3.0' in reply.read().decode()
-    finally:
-        instrument.set_handlers([])
+    store = instrument.setup(config)
+    assert isinstance(store, MetricStore)
+    assert [type(h) for h in instrument.handlers()] == [MetricStore, LogHandler]
+    assert instrument.process_registry.probe_interval == 3
+    instrument.register("ev", ("host_type",), {"count": "spiral"})
+    instrument.execute("ev", HOST, {"count": 3})
+    assert store.snapshot()["events"]["ev"]["series"] == [[["localhost"], {"count": 3}]]
+    assert instrument.setup(loads("[instrumentation.log]\n")) is None
 
 
 def test_a_handler_failing_to_set_up_an_event_does_not_fail_the_registration(caplog):

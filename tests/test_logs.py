@@ -5,12 +5,21 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import stat
+import subprocess
+import sys
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from mongoose import logs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
@@ -21,13 +30,17 @@ def capture():
     stream = io.StringIO()
     handlers = []
 
-    def start(fmt, level="debug"):
-        handlers.append(logs.setup(level, fmt, stream=stream))
+    def start(fmt, level="debug", path=None):
+        if path is None:
+            handlers.append(logs.setup(level, fmt, stream=stream))
+        else:
+            handlers.append(logs.setup(level, fmt, path=path))
         return stream
 
     yield start
     for handler in handlers:
         root.removeHandler(handler)
+        handler.close()
     logs._installed = None
     root.setLevel(level)
 
@@ -160,3 +173,125 @@ def test_setup_rejects_unknown_level_and_format():
         logs.setup("loud")
     with pytest.raises(ValueError, match="format"):
         logs.setup("info", "xml")  # type: ignore[arg-type]
+
+
+# -- log files -----------------------------------------------------------------------------
+
+
+def test_file_gets_json_then_text_lines_appended(capture, tmp_path):
+    """With a path, records are appended to the file as lines; a second setup() (here in
+    text format) appends after what is there and closes the first file descriptor."""
+    path = tmp_path / "node.log"
+    path.write_text("earlier line\n")
+    first = capture("json", path=path)
+    logging.getLogger("t").info("one", extra={"what": "first", "n": 1})
+    handler = logs._installed
+    capture("text", path=path)
+    assert handler.fd is None
+    logging.getLogger("t").warning("two", extra={"what": "second", "reason": "a b"})
+    old, json_line, text_line = path.read_text().splitlines()
+    assert old == "earlier line"
+    event = json.loads(json_line)
+    assert (event["what"], event["n"], event["msg"]) == ("first", 1, "one")
+    assert text_line.split(" ", 1)[1] == 'warning second reason="a b" two'
+    assert first.getvalue() == ""  # nothing went to the stream
+
+
+def test_file_traceback_stays_in_the_one_write(capture, tmp_path):
+    """A text record with a traceback is one write of several lines, ending in a newline."""
+    path = tmp_path / "node.log"
+    capture("text", path=path)
+    try:
+        raise KeyError("k")
+    except KeyError:
+        logging.getLogger("t").error("oops", exc_info=True, extra={"what": "oops"})
+    text = path.read_text()
+    assert text.endswith("KeyError: 'k'\n")
+    assert text.splitlines()[1] == "Traceback (most recent call last):"
+
+
+def test_file_parent_directory_is_created_private(capture, tmp_path):
+    """Missing parent directories of the log file are created, mode 0700."""
+    path = tmp_path / "logs" / "deeper" / "node.log"
+    capture("json", path=path)
+    logging.getLogger("t").info("x", extra={"what": "x"})
+    assert json.loads(path.read_text())["what"] == "x"
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_file_that_cannot_be_opened_names_path_and_reason(tmp_path):
+    """An unusable path is a LogFileError naming it and why; the old handler stays."""
+    installed = logs._installed
+    with pytest.raises(logs.LogFileError) as info:
+        logs.setup("info", "json", path=tmp_path)  # a directory
+    assert str(info.value) == f"cannot open the log file {tmp_path}: Is a directory"
+    assert info.value.path == str(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(logs.LogFileError, match=f"^cannot open the log file {blocker}/x/n.log: "
+                       "Not a directory$"):
+        logs.setup("info", "json", path=blocker / "x" / "n.log")
+    assert logs._installed is installed
+
+
+def test_stream_and_path_are_exclusive(tmp_path):
+    """setup() writes to a stream or to a file, not both."""
+    with pytest.raises(ValueError, match="not both"):
+        logs.setup("info", "json", stream=io.StringIO(), path=tmp_path / "n.log")
+
+
+APPENDER = """
+import logging, sys
+from mongoose import logs
+
+logs.setup("info", "json", path=sys.argv[1])
+name, count = sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()
+log = logging.getLogger(name)
+pad = name[-1] * 5120
+for seq in range(count):
+    log.info("record", extra={"what": "append_test", "proc": name, "seq": seq, "pad": pad})
+"""
+
+
+@pytest.mark.timeout(120)
+def test_processes_appending_to_one_file_leave_whole_lines(tmp_path):
+    """Two OS processes logging 2,000 records of over 5 KiB each to the same file at once
+    leave only whole lines: every record once, intact, in each process's order."""
+    path = tmp_path / "shared.log"
+    count = 2000
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", APPENDER, str(path), name, str(count)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
+        )
+        for name in ("proc-a", "proc-b")
+    ]
+    try:
+        for proc in procs:  # both have the file open before either writes
+            assert proc.stdout.readline() == "ready\n"
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.close()
+        for proc in procs:
+            assert proc.wait(timeout=100) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+    data = path.read_bytes()
+    assert data.endswith(b"\n")
+    seen: dict[str, list[int]] = {"proc-a": [], "proc-b": []}
+    for number, line in enumerate(data.split(b"\n")[:-1]):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            pytest.fail(f"line {number} is not a whole record: {line[:100]!r}...")
+        assert event["pad"] == event["proc"][-1] * 5120
+        seen[event["proc"]].append(event["seq"])
+    assert seen == {"proc-a": list(range(count)), "proc-b": list(range(count))}

@@ -23,38 +23,46 @@ The model is MongooseIM 6.3's (``mongoose_instrument``):
 - ``probe(name, labels, fn)`` emits ``fn()`` every ``[instrumentation] probe_interval``
   seconds, for gauges sampled rather than updated (session counts, queue lengths).
 
-**Handlers** consume events (:mod:`mongoose.instrument.handlers`): ``prometheus``,
-``log`` and ``graphite``, each enabled by its ``[instrumentation.*]`` table, and
-:class:`MemoryHandler` for tests. With none, ``execute`` checks its arguments and returns:
-about as cheap as a function call gets in Python. A handler that raises is logged
-(``what=instrument_handler_crashed``) and the caller goes on.
+- ``prepared(name, labels)`` returns a :class:`Sink` whose ``emit(measurements)`` is the
+  same as ``execute`` without the per-call label work: what per-stanza code holds.
+
+**Handlers** consume events, each enabled by its ``[instrumentation.*]`` table:
+
+- ``log`` (:class:`LogHandler`): one structured log event per instrumentation event at
+  or above its level;
+- ``prometheus`` and ``graphite`` share one :class:`MetricStore` per process, which keeps
+  the current value of every metric. The node's metrics actor
+  (:mod:`mongoose.instrument.service`) collects every process's store, merges them
+  (:mod:`mongoose.instrument.exposition`), serves the result at /metrics and pushes it to
+  Graphite.
+
+:class:`MemoryHandler` records events for tests. With no handler, ``execute`` checks the
+event name and returns: about as cheap as a function call gets in Python. A handler that
+raises is logged (``what=instrument_handler_crashed``) and the caller goes on.
 
 State is per process: each worker registers the same events from the same code and
-feeds its own handlers. Merging the workers into one /metrics page is the node's job.
+feeds its own handlers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mongoose.instrument.handlers import (
-    GraphiteHandler,
-    LogHandler,
-    MemoryHandler,
-    PrometheusHandler,
-)
+from mongoose.instrument.handlers import LogHandler, MemoryHandler
 from mongoose.instrument.registry import (
     METRIC_TYPES,
     EventSpec,
     Handler,
     InstrumentError,
     Registry,
+    Sink,
 )
+from mongoose.instrument.store import MetricStore
 
 __all__ = [
-    "METRIC_TYPES", "EventSpec", "GraphiteHandler", "Handler", "InstrumentError",
-    "LogHandler", "MemoryHandler", "PrometheusHandler", "Registry", "execute", "handlers",
-    "probe", "process_registry", "register", "reset", "run_probes", "set_handlers", "setup", "span",
+    "METRIC_TYPES", "EventSpec", "Handler", "InstrumentError", "LogHandler", "MemoryHandler",
+    "MetricStore", "Registry", "Sink", "execute", "handlers", "prepared", "probe",
+    "process_registry", "register", "reset", "run_probes", "set_handlers", "setup", "span",
     "spec", "start_probes", "stop_probes",
 ]
 
@@ -65,6 +73,7 @@ process_registry = Registry()
 register = process_registry.register
 spec = process_registry.spec
 execute = process_registry.execute
+prepared = process_registry.prepared
 span = process_registry.span
 probe = process_registry.probe
 run_probes = process_registry.run_probes
@@ -79,26 +88,18 @@ def handlers() -> tuple[Any, ...]:
     return process_registry.handlers
 
 
-def setup(config: Any, *, serve: bool = True) -> list[Any]:
-    """Build the handlers ``config.instrumentation`` enables, install them and return
-    them. With ``serve`` the Prometheus handler listens on its port and the Graphite
-    handler starts pushing; without, they only collect (tests, or a worker whose node
-    serves the merged page)."""
+def setup(config: Any) -> MetricStore | None:
+    """Install the handlers ``config.instrumentation`` enables in this process; return
+    the process's metric store when the prometheus or graphite output is on (what the
+    node's metrics actor collects), else None."""
     section = config.instrumentation
     process_registry.probe_interval = section.probe_interval
     built: list[Any] = []
-    if section.prometheus is not None:
-        prometheus = PrometheusHandler()
-        if serve:
-            prometheus.serve(section.prometheus.port, section.prometheus.ip_address)
-        built.append(prometheus)
+    store = None
+    if section.prometheus is not None or section.graphite is not None:
+        store = MetricStore()
+        built.append(store)
     if section.log is not None:
         built.append(LogHandler(section.log.level))
-    if section.graphite is not None:
-        g = section.graphite
-        graphite = GraphiteHandler(g.host, g.port, g.interval, g.prefix)
-        if serve:
-            graphite.start()
-        built.append(graphite)
     process_registry.set_handlers(built)
-    return built
+    return store

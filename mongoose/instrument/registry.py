@@ -7,10 +7,13 @@ own.
 Cost on the hot path
     With no handler, ``execute`` checks only that the event is registered (one dict
     lookup) and returns. With handlers it also checks the label keys and the measurement
-    keys (two set-view comparisons, about as much again as the lookup and the call), then
-    calls each handler. Tests run with a :class:`~mongoose.instrument.MemoryHandler`, so a
-    call with wrong labels fails there. The handler list is a tuple replaced as a whole by
-    :meth:`Registry.set_handlers`, so the loop never sees it change under it.
+    keys, finds the event's :class:`Sink` for these label values and calls the update
+    function each handler prepared for it. Code that emits the same event with the same
+    labels for every stanza holds the sink (:meth:`Registry.prepared`) and calls
+    ``sink.emit(measurements)``: one key check and the handlers' updates. Tests run with a
+    :class:`~mongoose.instrument.MemoryHandler`, so a call with wrong labels fails there.
+    The handler list is a tuple replaced as a whole by :meth:`Registry.set_handlers`
+    (which reconnects every sink), so the loop never sees it change under it.
 
 Probes
     A probe is a callable returning the measurements of a gauge-only event, run every
@@ -28,9 +31,10 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
-__all__ = ["METRIC_TYPES", "EventSpec", "Handler", "InstrumentError", "Registry"]
+__all__ = ["METRIC_TYPES", "EventSpec", "Handler", "InstrumentError", "Registry", "Sink"]
 
 log = logging.getLogger("mongoose.instrument")
 
@@ -64,7 +68,10 @@ class EventSpec:
 
 
 class Handler(Protocol):
-    """What consumes events. ``set_up`` and ``stop`` are optional."""
+    """What consumes events: ``handle(name, labels, measurements)``, or instead
+    ``prepare(spec, labels)`` returning the function that takes the measurements of that
+    event with those labels (or None: not interested, for instance an event below a log
+    handler's level). ``set_up(spec)`` and ``stop()`` are optional."""
 
     def handle(self, name: str, labels: Mapping[str, Any],
                measurements: Mapping[str, Any]) -> None: ...
@@ -82,6 +89,41 @@ class _Probe:
         self.timer: asyncio.TimerHandle | None = None
 
 
+class Sink:
+    """One event with fixed labels, ready to emit (see :meth:`Registry.prepared`).
+
+    ``emit(measurements)`` checks the measurement keys (a programming error raises
+    :class:`InstrumentError`), then calls each interested handler's update function; with
+    no handler it returns after one truth test. A handler that raises is logged and the
+    others still run.
+    """
+
+    __slots__ = ("calls", "labels", "metric_keys", "name")
+
+    def __init__(self, name: str, labels: dict[str, Any], metric_keys: Any) -> None:
+        self.name = name
+        self.labels = labels
+        self.metric_keys = metric_keys
+        self.calls: tuple[tuple[Callable[[Mapping[str, Any]], None], Any], ...] = ()
+
+    def emit(self, measurements: Mapping[str, Any]) -> None:
+        if not self.calls:
+            return
+        if not measurements.keys() <= self.metric_keys:
+            raise InstrumentError(
+                f"{self.name}: measurements {sorted(measurements.keys() - self.metric_keys)} "
+                f"are not registered metrics ({sorted(self.metric_keys)})")
+        for call, handler in self.calls:
+            try:
+                call(measurements)
+            except Exception:
+                log.exception(
+                    "instrument handler crashed",
+                    extra={"what": "instrument_handler_crashed", "event": self.name,
+                           "handler": type(handler).__name__},
+                )
+
+
 class Registry:
     """Events, handlers and probes of one process."""
 
@@ -92,6 +134,9 @@ class Registry:
         self._checks: dict[str, tuple[Any, Any]] = {}
         self._handlers: tuple[Any, ...] = ()
         self._probes: list[_Probe] = []
+        # (event, *label values) -> Sink; bounded by the label values code uses (host
+        # types, connection types, actor kinds), never by users or stanzas.
+        self._sinks: dict[tuple[Any, ...], Sink] = {}
         self._loop: Any = None
         self.probe_interval: float = DEFAULT_PROBE_INTERVAL
 
@@ -151,6 +196,8 @@ class Registry:
                 for spec in self._specs.values():
                     self._set_up(handler, spec)
         old, self._handlers = self._handlers, handlers
+        for sink in self._sinks.values():
+            self._connect(sink)
         for handler in old:
             if handler not in handlers:
                 stop = getattr(handler, "stop", None)
@@ -186,25 +233,58 @@ class Registry:
                 raise InstrumentError(f"event {name!r} is not registered")
             return
         try:
-            label_keys, metric_keys = self._checks[name]
+            label_keys, _ = self._checks[name]
         except KeyError:
             raise InstrumentError(f"event {name!r} is not registered") from None
         if labels.keys() != label_keys:
             raise InstrumentError(
                 f"{name}: labels {sorted(labels)}, registered {sorted(label_keys)}")
-        if not measurements.keys() <= metric_keys:
+        key = (name, *(labels[k] for k in label_keys))
+        sink = self._sinks.get(key)
+        if sink is None:
+            sink = self.prepared(name, labels)
+        sink.emit(measurements)
+
+    def prepared(self, name: str, labels: Mapping[str, Any]) -> Sink:
+        """The :class:`Sink` of event ``name`` with these labels: ``sink.emit(m)`` is
+        ``execute(name, labels, m)`` without the label checks and lookups, for code that
+        emits the same event with the same labels often (a session's per-stanza events).
+        Sinks are shared (one per event and label values) and follow handler changes."""
+        label_keys, metric_keys = self._checks.get(name, (None, None))
+        if label_keys is None:
+            raise InstrumentError(f"event {name!r} is not registered")
+        if labels.keys() != label_keys:
             raise InstrumentError(
-                f"{name}: measurements {sorted(measurements.keys() - metric_keys)} "
-                f"are not registered metrics ({sorted(metric_keys)})")
+                f"{name}: labels {sorted(labels)}, registered {sorted(label_keys)}")
+        key = (name, *(labels[k] for k in label_keys))
+        sink = self._sinks.get(key)
+        if sink is None:
+            sink = self._sinks[key] = Sink(name, {k: labels[k] for k in label_keys},
+                                           metric_keys)
+            self._connect(sink)
+        return sink
+
+    def _connect(self, sink: Sink) -> None:
+        """Give ``sink`` one update function per handler that wants its events."""
+        spec = self._specs[sink.name]
+        calls = []
         for handler in self._handlers:
+            prepare = getattr(handler, "prepare", None)
             try:
-                handler.handle(name, labels, measurements)
+                if prepare is not None:
+                    call = prepare(spec, sink.labels)
+                else:
+                    call = partial(handler.handle, sink.name, sink.labels)
             except Exception:
                 log.exception(
                     "instrument handler crashed",
-                    extra={"what": "instrument_handler_crashed", "event": name,
-                           "handler": type(handler).__name__},
+                    extra={"what": "instrument_handler_crashed", "event": sink.name,
+                           "handler": type(handler).__name__, "stage": "prepare"},
                 )
+                continue
+            if call is not None:
+                calls.append((call, handler))
+        sink.calls = tuple(calls)
 
     def span(self, name: str, labels: Mapping[str, Any], fn: Callable[..., Any], *args: Any,
              measure: Callable[[int, Any], Mapping[str, Any]] | None = None) -> Any:
@@ -242,6 +322,19 @@ class Registry:
             self._loop = loop
         self._schedule(probe)
 
+    def probe_callback(self, fn: Callable[[], None], interval: float | None = None) -> None:
+        """Run ``fn()`` every ``interval`` seconds (None: ``probe_interval``); it emits its
+        own events, for a probe whose label sets vary (one gauge per actor kind)."""
+        probe = _Probe("", {}, fn, interval)
+        self._probes.append(probe)
+        if self._loop is not None:
+            self._schedule(probe)
+
+    def remove_probes(self) -> None:
+        """Stop and forget every probe (their owner stops)."""
+        self.stop_probes()
+        self._probes.clear()
+
     def run_probes(self) -> None:
         """Run every probe once, now."""
         for probe in list(self._probes):
@@ -278,6 +371,9 @@ class Registry:
 
     def _run_probe(self, probe: _Probe) -> None:
         try:
+            if not probe.name:
+                probe.fn()
+                return
             self.execute(probe.name, probe.labels, probe.fn())
         except Exception:
             log.exception("instrument probe crashed",
@@ -287,9 +383,9 @@ class Registry:
 
     def reset(self) -> None:
         """Forget every event, probe and handler (handlers are stopped): for tests."""
-        self.stop_probes()
-        self._probes.clear()
+        self.remove_probes()
         self.set_handlers(())
         self._specs.clear()
         self._checks.clear()
+        self._sinks.clear()
         self.probe_interval = DEFAULT_PROBE_INTERVAL
