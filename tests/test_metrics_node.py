@@ -16,6 +16,7 @@ from dist_harness import MongooseNode, TestNode, free_port
 from helpers import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from test_c2s_cluster import _worker_os_pid
+from test_c2s_features import wait_reachable
 from test_instrument import CarbonServer
 from xmpp_client import Client
 from xmpp_harness import DOMAIN, PASSWORD, xmpp_node_with
@@ -78,9 +79,13 @@ def test_a_real_session_shows_on_the_merged_page(node, clients, loop):
     alice = Client(loop, f"alice@{DOMAIN}/m", PASSWORD, port=node.c2s_port).connect()
     bob = Client(loop, f"bob@{DOMAIN}/m", PASSWORD, port=node.c2s_port).connect()
     clients.extend([alice, bob])
+    # Bob's session reaches alice's worker's replica of the session table a moment after
+    # his login; headlines until one arrives (they never bounce).
+    wait_reachable(lambda body: alice.send_message(bob.jid, body, mtype="headline"), bob)
     for i in range(5):
         alice.send_message(bob.jid, f"hi {i}")
-    wait_until(lambda: len(bob.bodies()) == 5, what="bob's five messages")
+    wait_until(lambda: sum(b.startswith("hi ") for b in bob.bodies()) == 5,
+               what="bob's five messages")
 
     def counted() -> bool:
         now = scrape(node.http_port)
@@ -161,7 +166,7 @@ def test_a_taken_metrics_port_fails_the_start_naming_the_address(tmp_path, test_
     try:
         n = MongooseNode(tmp_path, "taken@localhost", port=free_port(),
                          keys_file=test_node.keys_file,
-                         extra_toml="[instrumentation.prometheus]\nport = %d\n" % port)
+                         extra_toml=f"[instrumentation.prometheus]\nport = {port}\n")
         n.start(wait=False)
         event = n.wait_for("node_start_failed", timeout=30)
         assert f"127.0.0.1:{port}" in event["reason"], event

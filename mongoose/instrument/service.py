@@ -153,15 +153,18 @@ class NodeMetrics(InstrumentActor):
         dist = scheduler.dist
         workers = sorted(w for w in dist.view[scheduler.node]["procs"] if w != 0) \
             if dist is not None else []
-        asks = [(w, otp.ask_named(scheduler.node, w, NAME, "snapshot")) for w in workers]
-        for worker, future in asks:
-            try:
-                parts.append((str(worker), await asyncio.wait_for(_awaited(future),
-                                                                  WORKER_TIMEOUT)))
-            except Exception as error:
+        asks = [otp.ask_named(scheduler.node, w, NAME, "snapshot") for w in workers]
+        # All at once: a page waits at most WORKER_TIMEOUT, however many workers hang.
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(_awaited(ask), WORKER_TIMEOUT) for ask in asks),
+            return_exceptions=True)
+        for worker, answer in zip(workers, answers, strict=True):
+            if isinstance(answer, BaseException):
                 log.warning("worker metrics unavailable", extra={
                     "what": "metrics_worker_unavailable", "worker": worker,
-                    "reason": repr(error)})
+                    "reason": repr(answer)})
+            else:
+                parts.append((str(worker), answer))
         return exposition.merge(parts)
 
     async def page(self) -> bytes:
