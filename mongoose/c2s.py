@@ -45,6 +45,18 @@ the ``user_send_packet`` hook and handed to the router (:mod:`mongoose.router`) 
 :class:`~mongoose.packet.Packet`. Packets for the client arrive as ``("route", packet)``
 and are written out as they came, after the ``user_receive_packet`` hook if any module
 registered one.
+
+Instrumentation (events in :mod:`mongoose.c2s_events`)
+    Per socket read and write, ``tcp_data_in``/``tcp_data_out`` or, once TLS is on,
+    ``tls_data_*`` (the protocol counts reads, the session writes). After login, per
+    element: ``xmpp_element_in`` (its size is that of the packet serialized for the
+    router, so a routed stanza is not serialized twice), ``xmpp_element_out`` (from
+    what the packet carries: name, type, bytes) and, for a message,
+    ``c2s_message_processed``: the time from the start of the read that brought it (or
+    the end of the previous stanza of that read) to its hand-over to the router.
+    ``sm_session`` at login and logout, ``c2s_auth_failed`` per failed SASL exchange.
+    The session holds its host's prepared sinks (:class:`~mongoose.c2s_events.HostSinks`)
+    and the data sinks in use, so no labels are built per stanza.
 """
 
 from __future__ import annotations
@@ -112,6 +124,11 @@ class C2SProtocol(asyncio.Protocol):
         self.early: list[Any] = []
         self.unprocessed = 0
         self.paused = False
+        # tcp_data_in, or tls_data_in on a direct TLS listener (the session switches it
+        # at STARTTLS): asyncio hands us decrypted bytes either way.
+        data = events.data_sinks()
+        listener = current_server().config.listen.c2s[listener_index]
+        self.data_in = data.tls_in if listener.tls.mode == "tls" else data.tcp_in
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         from otp import supervisor
@@ -145,7 +162,11 @@ class C2SProtocol(asyncio.Protocol):
             self.actor.tell(message)
 
     def data_received(self, data: bytes) -> None:
-        self.unprocessed += len(data)
+        size = len(data)
+        sink = self.data_in
+        if sink.calls:  # someone listens (see C2S._established)
+            sink.emit({"byte_size": size})
+        self.unprocessed += size
         if self.unprocessed > _READ_HIGH and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -182,6 +203,10 @@ class C2S(otp.LoopActor):
         self.listener = server.config.listen.c2s[protocol.listener_index]
         self.tls_mode = self.listener.tls.mode
         self.tls_active = self.tls_mode == "tls"
+        data = events.data_sinks()
+        self.data_out = data.tls_out if self.tls_active else data.tcp_out
+        self.sinks: events.HostSinks | None = None  # the host's, from login on
+        self.mark_ns = 0  # c2s_message_processed: when the current stanza's time began
         self.parser = xmlstream.XMLStreamParser(max_stanza_size=self.listener.max_stanza_size)
         self.pending: collections.deque[Any] = collections.deque()
         self.state = "wait_for_stream"
@@ -267,6 +292,7 @@ class C2S(otp.LoopActor):
         if self.closed:
             return None
         self.last_heard = time.monotonic()
+        self.mark_ns = time.perf_counter_ns()
         try:
             self.pending.extend(self.parser.feed(data))
         except xmlstream.StreamError as error:
@@ -423,6 +449,11 @@ class C2S(otp.LoopActor):
             self._close(send_end=True)
             return None
         self._write(f"<proceed xmlns='{ns.TLS}'/>".encode())
+        # Whatever the socket carries from now on is TLS: the protocol gets (and we
+        # write) plaintext through the TLS layer.
+        data = events.data_sinks()
+        self.data_out = data.tls_out
+        self.protocol.data_in = data.tls_in
         # Stop reading now, in this very handler: the client's TLS ClientHello follows
         # <proceed/> at once, and bytes read before start_tls takes over the transport
         # would go to the XML parser instead of the TLS layer (start_tls resumes reading).
@@ -535,7 +566,7 @@ class C2S(otp.LoopActor):
         delay = max(throttle.delay_for(address), throttle.delay_after(self.auth_failures - 1))
         throttle.record_failure(address)
         limits = self.server.config.auth.failure_delay
-        events.execute("c2s_auth_failed", {"host_type": self.host}, events.ONE)
+        events.host(self.host).auth_failed.emit(events.ONE)
         log.info("authentication failed", extra={
             "what": "c2s_auth_failed", "peer": self.peer, "condition": condition,
             "failures": self.auth_failures})
@@ -589,9 +620,8 @@ class C2S(otp.LoopActor):
         etree.SubElement(bound, f"{{{ns.BIND}}}jid").text = self.jid_str
         self._write(xmlstream.to_bytes(reply))
         self._enter("session_established")
-        self.labels = {"host_type": self.host}
-        self.labels_in = {"connection_type": "c2s", "host_type": self.host}
-        events.execute("sm_session", self.labels, events.LOGIN)
+        self.sinks = events.host(self.host)
+        self.sinks.sm_session.emit(events.LOGIN)
         if hooks.has("sm_register_connection", self.host):
             hooks.run("sm_register_connection", None, self.host, jid=self.jid_str, pid=self.pid)
         log.info("session open", extra={"what": "c2s_session_open", "jid": self.jid_str,
@@ -601,17 +631,47 @@ class C2S(otp.LoopActor):
     # -- session established: from the client ----------------------------------------------
 
     def _established(self, el: etree._Element) -> None:
+        """A stanza from the client: handled by :meth:`_from_client`, counted here.
+
+        Per-stanza instrumentation is on the hot path: a sink whose ``calls`` is empty
+        has no handler that wants its events, so the measurements are not even built
+        (``emit`` would drop them); the counts are copied from prebuilt dicts.
+        """
         name = _NS_CLIENT_TAGS.get(el.tag)
+        sinks = self.sinks
         if name is None:
+            self._count_in(events.OTHER_ELEMENT, _size(el))
             self._close_with_error("unsupported-stanza-type", f"{el.tag} is not a stanza")
             return
-        events.execute("xmpp_element_in", self.labels_in, events.ELEMENT_IN[name])
+        packet = self._from_client(el, name)
+        element_in = sinks.element_in
+        if element_in.calls:
+            if packet is not None:  # routed: its size and type are known at no cost
+                measurements = events.ELEMENT[name, packet[3] == "error"].copy()
+                measurements["byte_size"] = len(packet[5])
+                element_in.emit(measurements)
+            else:
+                self._count_in(events.ELEMENT[name, el.get("type") == "error"], _size(el))
+        processed = sinks.message_processed
+        if processed.calls:
+            now = time.perf_counter_ns()
+            if name == "message":
+                processed.emit({"time": (now - self.mark_ns) // 1000})
+            self.mark_ns = now
+
+    def _count_in(self, counts: dict[str, int], size: int) -> None:
+        measurements = counts.copy()
+        measurements["byte_size"] = size
+        self.sinks.element_in.emit(measurements)
+
+    def _from_client(self, el: etree._Element, name: str) -> Packet | None:
+        """Check, stamp and route a stanza from the client; the packet routed, if any."""
         if _FAULTS and el.find(_CRASH_TAG) is not None:
             raise RuntimeError("crash requested by a test (OTP_FAULT_INJECTION=1)")
         sender = el.get("from")
         if sender is not None and sender != self.jid_str and not self._is_own_jid(sender):
             self._close_with_error("invalid-from", "from does not match the session's JID")
-            return
+            return None
         to_attr = el.get("to")
         if to_attr is not None:
             try:
@@ -619,27 +679,29 @@ class C2S(otp.LoopActor):
             except InvalidJID as error:
                 if el.get("type") != "error":
                     self._reply_error(el, "jid-malformed", str(error))
-                return
+                return None
         else:
             to = ""
         if name == "iq" and self.ping_id is not None and el.get("id") == self.ping_id and (
                 to in ("", self.host)):
             self._ping_answered()
-            return
+            return None
         if hooks.has("user_send_packet", self.host):
             result = hooks.run("user_send_packet", el, self.host, c2s=self,
                                from_jid=self.jid_str, to_jid=to)
             if result is None:
-                return
+                return None
             el = result
         if name == "presence" and not to:
             self._own_presence(el)
-            return
+            return None
         if not to:  # RFC 6120 §10.3: no 'to' means the user's own account
             to = self.bare_str
         if name == "presence":
             self._directed_presence(el, to)
-        router.route(packet_mod.from_element(el, self.jid_str, to))
+        packet = packet_mod.from_element(el, self.jid_str, to)
+        router.route(packet)
+        return packet
 
     def _is_own_jid(self, text: str) -> bool:
         """``text`` names this session (full JID) or its account (bare JID), compared
@@ -654,7 +716,9 @@ class C2S(otp.LoopActor):
         reply = errors.make_error_reply(el, condition, text)
         reply.set("to", self.jid_str)
         reply.attrib.pop("from", None)
-        self._write(xmlstream.to_bytes(reply))
+        data = xmlstream.to_bytes(reply)
+        self._write(data)
+        self._counted_out(_NS_CLIENT_TAGS.get(reply.tag, ""), "error", data)
 
     def _own_presence(self, el: etree._Element) -> None:
         """Presence without ``to``: this session's availability (RFC 6121 §4.2, §4.4)."""
@@ -745,7 +809,22 @@ class C2S(otp.LoopActor):
             if result is None:
                 return
             packet = result
-        self._write(packet[5])
+        data = packet[5]
+        self._write(data)
+        element_out = self.sinks.element_out
+        if element_out.calls:  # see _established
+            measurements = events.ELEMENT.get((packet[2], packet[3] == "error"),
+                                              events.OTHER_ELEMENT).copy()
+            measurements["byte_size"] = len(data)
+            element_out.emit(measurements)
+
+    def _counted_out(self, name: str, kind: str, data: bytes) -> None:
+        """xmpp_element_out for a stanza the session wrote itself (after login)."""
+        if self.sinks is not None:
+            measurements = events.ELEMENT.get((name, kind == "error"),
+                                              events.OTHER_ELEMENT).copy()
+            measurements["byte_size"] = len(data)
+            self.sinks.element_out.emit(measurements)
 
     # -- server pings (mod_ping's send_pings) ----------------------------------------------
 
@@ -767,8 +846,10 @@ class C2S(otp.LoopActor):
             self.ping_timer = otp.send_after(config.ping_interval - idle, self.pid, ("ping_tick",))
             return
         self.ping_id = f"ping-{secrets.token_hex(4)}"
-        self._write(f"<iq type='get' id='{self.ping_id}' from='{self.host}' "
-                    f"to={quoteattr(self.jid_str)}><ping xmlns='{ns.PING}'/></iq>".encode())
+        data = (f"<iq type='get' id='{self.ping_id}' from='{self.host}' "
+                f"to={quoteattr(self.jid_str)}><ping xmlns='{ns.PING}'/></iq>").encode()
+        self._write(data)
+        self._counted_out("iq", "get", data)
         otp.send_after(config.ping_req_timeout, self.pid, ("ping_timeout", self.ping_id))
 
     def _ping_answered(self) -> None:
@@ -794,6 +875,9 @@ class C2S(otp.LoopActor):
         if transport is None or self.closed:
             return
         transport.write(data)
+        sink = self.data_out
+        if sink.calls:  # see _established
+            sink.emit({"byte_size": len(data)})
         if transport.get_write_buffer_size() > _WRITE_LIMIT:
             log.warning("client does not read; disconnecting", extra={
                 "what": "c2s_slow_consumer", "jid": self.jid_str, "peer": self.peer})
@@ -809,7 +893,12 @@ class C2S(otp.LoopActor):
         log.info("stream error", extra={
             "what": "c2s_stream_error", "condition": condition, "text": text,
             "peer": self.peer, "jid": self.jid_str, "state": self.state})
-        self._write(errors.stream_error(condition, text))
+        data = errors.stream_error(condition, text)
+        self._write(data)
+        if self.sinks is not None and self.record is not None:
+            measurements = events.STREAM_ERROR.copy()
+            measurements["byte_size"] = len(data)
+            self.sinks.element_out.emit(measurements)
         self._close(send_end=True)
 
     def _close(self, *, send_end: bool) -> None:
@@ -836,12 +925,17 @@ class C2S(otp.LoopActor):
             self._go_unavailable(None)
         sm.close_session(self.record)
         self.record = None
-        events.execute("sm_session", self.labels, events.LOGOUT)
+        self.sinks.sm_session.emit(events.LOGOUT)
         if hooks.has("sm_remove_connection", self.host):
             hooks.run("sm_remove_connection", None, self.host, jid=self.jid_str, pid=self.pid,
                       reason=reason)
         log.debug("session closed", extra={"what": "c2s_session_closed", "jid": self.jid_str,
                                            "reason": reason})
+
+
+def _size(el: etree._Element) -> int:
+    """The serialized size of an element that was not routed (rare: see _established)."""
+    return len(etree.tostring(el))
 
 
 def _peer_address(transport: Any) -> str:

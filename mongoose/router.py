@@ -26,6 +26,14 @@ A destination on another domain gets ``remote-server-not-found`` (no server-to-s
 An error is never answered with an error (RFC 6120 §8.3.1).
 
 The ``filter_local_packet`` hook runs before local delivery; ``Stop`` drops the packet.
+
+Instrumentation (:mod:`mongoose.c2s_events`): ``router_no_route_found`` for a destination
+on another domain (labelled with the sender's host), ``router_stanza_dropped`` for a
+stanza to one of our hosts that goes nowhere and gets no answer (the filter's ``Stop``,
+and the rules above that say "dropped": messages and presence to the server, presence to
+an unavailable resource, a message for an offline user that the ``offline_message`` hook
+neither bounces nor takes), ``sm_message_bounced`` for a message bounced for want of a
+session. All are off the per-message path of a delivered stanza.
 """
 
 from __future__ import annotations
@@ -112,11 +120,15 @@ def deliver(packet: Packet) -> None:
     """Apply the delivery rules to ``packet`` (runs in a router shard)."""
     local, domain, resource = _parts(packet[1])
     if domain not in _hosts:
+        sender = _parts(packet[0])[1]
+        if sender in _hosts:
+            c2s_events.host(sender).no_route_found.emit(c2s_events.ONE)
         bounce(packet, "remote-server-not-found")
         return
     if hooks.has("filter_local_packet", domain):
         result = hooks.run("filter_local_packet", packet, domain)
         if result is None:
+            _dropped(domain)
             return
         packet = result
     name = packet[2]
@@ -134,7 +146,9 @@ def deliver(packet: Packet) -> None:
             _message_to_bare(packet, sessions, domain)
         elif name == "iq" or name == "message":
             bounce(packet, "service-unavailable")
-        return  # presence to an unavailable resource: dropped (RFC 6121 §8.5.3.2.2)
+        else:  # presence to an unavailable resource: dropped (RFC 6121 §8.5.3.2.2)
+            _dropped(domain)
+        return
     if name == "message":
         _message_to_bare(packet, sessions, domain)
     elif name == "presence":
@@ -157,14 +171,22 @@ def _message_to_bare(packet: Packet, sessions: list[sm.SessionRecord], domain: s
             otp.send(record[2], ("route", packet))
         return
     outcome = hooks.run("offline_message", "bounce", domain, packet=packet)
-    if outcome == "bounce" and packet[3] in ("", "normal", "chat"):
-        c2s_events.execute("sm_message_bounced", {"host_type": domain}, c2s_events.ONE)
-        bounce(packet, "service-unavailable")
+    if outcome == "bounce":
+        if packet[3] in ("", "normal", "chat"):
+            c2s_events.host(domain).message_bounced.emit(c2s_events.ONE)
+            bounce(packet, "service-unavailable")
+        else:  # headline, groupchat, error: nobody to tell
+            _dropped(domain)
+
+
+def _dropped(domain: str) -> None:
+    c2s_events.host(domain).stanza_dropped.emit(c2s_events.ONE)
 
 
 def _to_server(packet: Packet, domain: str) -> None:
     if packet[2] != "iq":
-        return  # messages and presence to the server itself: nothing to do yet
+        _dropped(domain)  # messages and presence to the server itself: nothing to do yet
+        return
     if packet[3] not in ("get", "set"):
         return  # results and errors addressed to the server (answers to its pings)
     reply = iq_handlers.handle(packet, domain, scope="server")

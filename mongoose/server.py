@@ -2,7 +2,9 @@
 
 :func:`setup` runs once when a worker's tree starts (``supervisors.worker``), before any
 session; :func:`current` is then what sessions, routers and modules read. Kept as one
-small object so tests can build one for a process of their own.
+small object so tests can build one for a process of their own. It also prepares the
+instrumentation sinks of every configured host (:mod:`mongoose.c2s_events`,
+:mod:`mongoose.auth.events`), so that their series exist from the start.
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ def certificate_paths(config: Config, listener: C2sListener) -> tuple[str, str]:
 def setup(config: Config) -> Server:
     """Build this process's server context from ``config``."""
     global _current
-    from mongoose import router
+    from mongoose import c2s_events, router
     from mongoose import tls as tls_mod
     from mongoose.auth import accounts, sasl
+    from mongoose.auth import events as auth_events
+    from otp import scheduler
 
     contexts, end_points = {}, {}
     for i, listener in enumerate(config.listen.c2s):
@@ -62,9 +66,15 @@ def setup(config: Config) -> Server:
             contexts[i] = tls_mod.server_context(cert, key)
             end_points[i] = tls_mod.certificate_end_point(cert)
     failure = config.auth.failure_delay
+    # Every series of the sessions' and the store's events exists from now on, at zero.
+    c2s_events.setup(config.general.hosts)
+    auth_events.setup(config.general.hosts)
+    store = accounts.open_store(config)
+    # The store runs on blocking threads; its events are emitted on this process's loop.
+    store.emit_via = scheduler.current().call_soon
     _current = Server(
         config=config,
-        store=accounts.open_store(config),
+        store=store,
         hosts=frozenset(config.general.hosts),
         tls_contexts=contexts,
         end_points=end_points,

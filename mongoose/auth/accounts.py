@@ -24,21 +24,32 @@ processes of a node and the `mongoose account` CLI can use it at once: readers n
 wait, a writer waits up to `BUSY_TIMEOUT_MS` for another writer. Each process must open
 its own store (a SQLite connection must not cross a fork). The directory is created mode
 0700 and the file 0600: the secrets are not passwords, but they allow offline guessing.
+
+Instrumentation: every public method of `SqliteAccountStore` (not `close`) emits
+`storage_query` {backend="sqlite", function=<method>} with `count` and, when it returns,
+`time` in µs (see `mongoose.auth.events`). The call is timed on the thread that runs it;
+the event is emitted through `SqliteAccountStore.emit_via`: None (the default) emits on
+that same thread, for single-threaded users (the CLI, tests); a server sets it to its
+scheduler's `call_soon`, so that a call made on a blocking thread is counted on the loop,
+before the caller's future resolves there.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
+import time
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from mongoose.auth import scram
+from mongoose import instrument
+from mongoose.auth import events, scram
 from mongoose.auth.scram import ScramSecret
 
 if TYPE_CHECKING:
@@ -135,13 +146,44 @@ class AccountStore(Protocol):
     def close(self) -> None: ...
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+BACKEND = "sqlite"  # the storage_query label of this store
+# The instrumented methods, whose storage_query series are prepared with each store.
+_QUERIES: list[str] = []
+
+
+def _query(method: F) -> F:
+    """Time ``method`` and emit ``storage_query`` for it (see the module docstring)."""
+    function = method.__name__
+
+    @functools.wraps(method)
+    def timed(self: SqliteAccountStore, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter_ns()
+        try:
+            result = method(self, *args, **kwargs)
+        except BaseException:
+            self._emit(function, {"count": 1})
+            raise
+        self._emit(function, {"count": 1, "time": (time.perf_counter_ns() - start) // 1000})
+        return result
+
+    _QUERIES.append(function)
+    return timed  # type: ignore[return-value]
+
+
 class SqliteAccountStore(AccountStore):
     """`AccountStore` in one SQLite file (see the module docstring for sharing it).
 
     One connection per store, behind a lock: every query is a primary-key lookup or a
     short scan that takes microseconds, so threads queueing for the connection cost
     less than the connections they would each need.
+
+    ``emit_via``: how the ``storage_query`` events of calls made on other threads reach
+    the thread that owns the metrics (see the module docstring).
     """
+
+    emit_via: Callable[..., None] | None = None
 
     def __init__(
         self,
@@ -155,6 +197,20 @@ class SqliteAccountStore(AccountStore):
         self.iterations = iterations
         self._lock = threading.Lock()
         self._db = _connect(self.path)
+        # One sink per instrumented method, prepared now: every series exists from the start.
+        events.register()
+        self._sinks = {
+            name: instrument.prepared("storage_query", {"backend": BACKEND, "function": name})
+            for name in _QUERIES
+        }
+
+    def _emit(self, function: str, measurements: dict[str, int]) -> None:
+        sink = self._sinks[function]
+        emit_via = self.emit_via
+        if emit_via is None:
+            sink.emit(measurements)
+        else:
+            emit_via(sink.emit, measurements)
 
     def close(self) -> None:
         with self._lock:
@@ -166,6 +222,7 @@ class SqliteAccountStore(AccountStore):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @_query
     def register(self, user: str, host: str, password: str) -> None:
         _check_key(user, host)
         details = scram.encode_secrets(self._secrets(password, self.iterations))
@@ -178,6 +235,7 @@ class SqliteAccountStore(AccountStore):
         except sqlite3.IntegrityError:
             raise AccountExists(f"{user}@{host}") from None
 
+    @_query
     def unregister(self, user: str, host: str) -> bool:
         with self._write() as db:
             cursor = db.execute(
@@ -185,6 +243,7 @@ class SqliteAccountStore(AccountStore):
             )
         return cursor.rowcount > 0
 
+    @_query
     def set_password(self, user: str, host: str, password: str) -> None:
         details = scram.encode_secrets(self._secrets(password, self.iterations))
         with self._write() as db:
@@ -195,16 +254,19 @@ class SqliteAccountStore(AccountStore):
         if cursor.rowcount == 0:
             raise NoSuchAccount(f"{user}@{host}")
 
+    @_query
     def get_secrets(self, user: str, host: str) -> dict[str, ScramSecret] | None:
         row = self._one(
             "SELECT pass_details FROM users WHERE server = ? AND username = ?", (host, user)
         )
         return None if row is None else scram.decode_secrets(row[0])
 
+    @_query
     def exists(self, user: str, host: str) -> bool:
         query = "SELECT 1 FROM users WHERE server = ? AND username = ?"
         return self._one(query, (host, user)) is not None
 
+    @_query
     def list_users(self, host: str) -> list[str]:
         with self._lock:
             rows = self._db.execute(
@@ -212,10 +274,12 @@ class SqliteAccountStore(AccountStore):
             ).fetchall()
         return [row[0] for row in rows]
 
+    @_query
     def count(self, host: str) -> int:
         row = self._one("SELECT COUNT(*) FROM users WHERE server = ?", (host,))
         return row[0] if row else 0
 
+    @_query
     def register_many(
         self, host: str, accounts: Iterable[tuple[str, str]], *, iterations: int | None = None
     ) -> int:

@@ -239,7 +239,7 @@ class Registry:
         if labels.keys() != label_keys:
             raise InstrumentError(
                 f"{name}: labels {sorted(labels)}, registered {sorted(label_keys)}")
-        key = (name, *(labels[k] for k in label_keys))
+        key = (name, *map(labels.__getitem__, label_keys))
         sink = self._sinks.get(key)
         if sink is None:
             sink = self.prepared(name, labels)
@@ -256,7 +256,7 @@ class Registry:
         if labels.keys() != label_keys:
             raise InstrumentError(
                 f"{name}: labels {sorted(labels)}, registered {sorted(label_keys)}")
-        key = (name, *(labels[k] for k in label_keys))
+        key = (name, *map(labels.__getitem__, label_keys))
         sink = self._sinks.get(key)
         if sink is None:
             sink = self._sinks[key] = Sink(name, {k: labels[k] for k in label_keys},
