@@ -7,7 +7,7 @@ Run from the repository root::
 
 Both variants are our server as bench/compare.py runs it (bench/peers/mongoose.toml: two
 workers, plain TCP on loopback, PLAIN); "on" adds ``[instrumentation.prometheus]`` (the
-node's /metrics page, scraped every second during the run as Prometheus would, at a
+node's /metrics page, scraped every 5 s during the run as Prometheus would, at a
 faster pace than its default 15 s) and ``[instrumentation.log] level = "info"``.
 
 Two measurements, each in the same invocation for both variants:
@@ -79,7 +79,7 @@ class Instrumented(Variant):
 class Scraper:
     """Scrapes /metrics every ``interval`` seconds on a thread while a run lasts."""
 
-    def __init__(self, port: int, interval: float = 1.0) -> None:
+    def __init__(self, port: int, interval: float = 5.0) -> None:
         self.url = f"http://127.0.0.1:{port}/metrics"
         self.interval = interval
         self.scrapes = 0

@@ -56,7 +56,9 @@ Instrumentation (events in :mod:`mongoose.c2s_events`)
     the end of the previous stanza of that read) to its hand-over to the router.
     ``sm_session`` at login and logout, ``c2s_auth_failed`` per failed SASL exchange.
     The session holds its host's prepared sinks (:class:`~mongoose.c2s_events.HostSinks`)
-    and the data sinks in use, so no labels are built per stanza.
+    and the data batches in use, so no labels are built per stanza. The per-stanza and
+    per-read events are batches (:class:`mongoose.instrument.Batch`): their sums go out
+    every second, as one event each.
 """
 
 from __future__ import annotations
@@ -163,9 +165,7 @@ class C2SProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         size = len(data)
-        sink = self.data_in
-        if sink.calls:  # someone listens (see C2S._established)
-            sink.emit({"byte_size": size})
+        self.data_in.sums["byte_size"] += size  # a Batch: summed, emitted every second
         self.unprocessed += size
         if self.unprocessed > _READ_HIGH and not self.paused and self.transport is not None:
             self.paused = True
@@ -560,11 +560,17 @@ class C2S(otp.LoopActor):
     async def _sasl_failed(self, condition: str, text: str | None) -> None:
         self.sasl = None
         self.auth_failures += 1
-        # Slow down: the longer of this connection's and this address's delay.
-        throttle = self.server.throttle
-        address = self.peer.rpartition(":")[0]
-        delay = max(throttle.delay_for(address), throttle.delay_after(self.auth_failures - 1))
-        throttle.record_failure(address)
+        if condition == "temporary-auth-failure":
+            # The server's fault (its database is down), not a guess: no delay, and
+            # the address is not marked; it still counts toward max_per_connection.
+            delay = 0.0
+        else:
+            # Slow down: the longer of this connection's and this address's delay.
+            throttle = self.server.throttle
+            address = self.peer.rpartition(":")[0]
+            delay = max(throttle.delay_for(address),
+                        throttle.delay_after(self.auth_failures - 1))
+            throttle.record_failure(address)
         limits = self.server.config.auth.failure_delay
         events.host(self.host).auth_failed.emit(events.ONE)
         log.info("authentication failed", extra={
@@ -633,36 +639,29 @@ class C2S(otp.LoopActor):
     def _established(self, el: etree._Element) -> None:
         """A stanza from the client: handled by :meth:`_from_client`, counted here.
 
-        Per-stanza instrumentation is on the hot path: a sink whose ``calls`` is empty
-        has no handler that wants its events, so the measurements are not even built
-        (``emit`` would drop them); the counts are copied from prebuilt dicts.
+        Per-stanza instrumentation is on the hot path: the counts go into batches
+        (:class:`mongoose.instrument.Batch`, emitted every second), a few dict additions
+        instead of an event per stanza.
         """
         name = _NS_CLIENT_TAGS.get(el.tag)
         sinks = self.sinks
         if name is None:
-            self._count_in(events.OTHER_ELEMENT, _size(el))
+            _count(sinks.element_in, events.OTHER_ELEMENT, _size(el))
             self._close_with_error("unsupported-stanza-type", f"{el.tag} is not a stanza")
             return
         packet = self._from_client(el, name)
-        element_in = sinks.element_in
-        if element_in.calls:
-            if packet is not None:  # routed: its size and type are known at no cost
-                measurements = events.ELEMENT[name, packet[3] == "error"].copy()
-                measurements["byte_size"] = len(packet[5])
-                element_in.emit(measurements)
-            else:
-                self._count_in(events.ELEMENT[name, el.get("type") == "error"], _size(el))
+        if packet is not None:  # routed: its size and type are known at no cost
+            _count(sinks.element_in, events.ELEMENT[name, packet[3] == "error"],
+                   len(packet[5]))
+        else:
+            _count(sinks.element_in, events.ELEMENT[name, el.get("type") == "error"],
+                   _size(el))
         processed = sinks.message_processed
-        if processed.calls:
+        if processed.sink.calls:
             now = time.perf_counter_ns()
             if name == "message":
-                processed.emit({"time": (now - self.mark_ns) // 1000})
+                processed.observe("time", (now - self.mark_ns) // 1000)
             self.mark_ns = now
-
-    def _count_in(self, counts: dict[str, int], size: int) -> None:
-        measurements = counts.copy()
-        measurements["byte_size"] = size
-        self.sinks.element_in.emit(measurements)
 
     def _from_client(self, el: etree._Element, name: str) -> Packet | None:
         """Check, stamp and route a stanza from the client; the packet routed, if any."""
@@ -811,20 +810,16 @@ class C2S(otp.LoopActor):
             packet = result
         data = packet[5]
         self._write(data)
-        element_out = self.sinks.element_out
-        if element_out.calls:  # see _established
-            measurements = events.ELEMENT.get((packet[2], packet[3] == "error"),
-                                              events.OTHER_ELEMENT).copy()
-            measurements["byte_size"] = len(data)
-            element_out.emit(measurements)
+        _count(self.sinks.element_out,
+               events.ELEMENT.get((packet[2], packet[3] == "error"), events.OTHER_ELEMENT),
+               len(data))
 
     def _counted_out(self, name: str, kind: str, data: bytes) -> None:
         """xmpp_element_out for a stanza the session wrote itself (after login)."""
         if self.sinks is not None:
-            measurements = events.ELEMENT.get((name, kind == "error"),
-                                              events.OTHER_ELEMENT).copy()
-            measurements["byte_size"] = len(data)
-            self.sinks.element_out.emit(measurements)
+            _count(self.sinks.element_out,
+                   events.ELEMENT.get((name, kind == "error"), events.OTHER_ELEMENT),
+                   len(data))
 
     # -- server pings (mod_ping's send_pings) ----------------------------------------------
 
@@ -875,9 +870,7 @@ class C2S(otp.LoopActor):
         if transport is None or self.closed:
             return
         transport.write(data)
-        sink = self.data_out
-        if sink.calls:  # see _established
-            sink.emit({"byte_size": len(data)})
+        self.data_out.sums["byte_size"] += len(data)
         if transport.get_write_buffer_size() > _WRITE_LIMIT:
             log.warning("client does not read; disconnecting", extra={
                 "what": "c2s_slow_consumer", "jid": self.jid_str, "peer": self.peer})
@@ -896,9 +889,7 @@ class C2S(otp.LoopActor):
         data = errors.stream_error(condition, text)
         self._write(data)
         if self.sinks is not None and self.record is not None:
-            measurements = events.STREAM_ERROR.copy()
-            measurements["byte_size"] = len(data)
-            self.sinks.element_out.emit(measurements)
+            _count(self.sinks.element_out, events.STREAM_ERROR, len(data))
         self._close(send_end=True)
 
     def _close(self, *, send_end: bool) -> None:
@@ -931,6 +922,16 @@ class C2S(otp.LoopActor):
                       reason=reason)
         log.debug("session closed", extra={"what": "c2s_session_closed", "jid": self.jid_str,
                                            "reason": reason})
+
+
+def _count(batch: Any, counts: dict[str, int], size: int) -> None:
+    """One element in an xmpp_element_in/out batch: its counts and its byte_size (nothing
+    when no handler wants the event: instrumentation off costs a truth test)."""
+    if batch.sink.calls:
+        sums = batch.sums
+        for metric in counts:
+            sums[metric] += 1
+        batch.observe("byte_size", size)
 
 
 def _size(el: etree._Element) -> int:

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mongoose import config, logs
 
@@ -470,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--force", action="store_true", help="replace an existing file")
     generate.set_defaults(func=cmd_keys_generate)
     _add_account_commands(commands, config_option)
+    _add_db_commands(commands, config_option)
     return parser
 
 
@@ -574,16 +575,22 @@ def _run_account_command(
     if cfg is None:
         return EXIT_FAILURE
     from mongoose.auth.accounts import AccountError, open_store
+    from mongoose.storage import StorageError
 
-    path = cfg.data_path("mongoose.db")
+    if "rdbms" in cfg.auth.methods:
+        from mongoose.storage.pools import describe
+
+        where = describe(cfg)
+    else:
+        where = str(cfg.data_path("mongoose.db"))
     try:
-        with contextlib.closing(open_store(cfg)) as store:
+        with contextlib.closing(open_store(cfg, wait=0)) as store:
             func(cfg, store, args)
     except (_Refused, AccountError) as error:
         print(f"mongoose: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except (OSError, sqlite3.Error) as error:
-        print(f"mongoose: cannot use the account store {path}: {error}", file=sys.stderr)
+    except (OSError, sqlite3.Error, StorageError) as error:
+        print(f"mongoose: cannot use the account store {where}: {error}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -661,6 +668,137 @@ def _account_bulk_register(
     accounts = ((f"{prefix}{i}", password) for i in range(1, args.n + 1))
     created = store.register_many(host, accounts, iterations=args.iterations)
     print(f"registered {created} accounts on {host}")
+
+
+# The database: `mongoose db init|status` (mongoose.storage.migrate, .pools).
+
+
+def _wait_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _add_db_commands(
+    commands: argparse._SubParsersAction, config_option: argparse.ArgumentParser
+) -> None:
+    db = commands.add_parser(
+        "db",
+        help="create or check the database schema",
+        description="The node's database: [outgoing_pools.rdbms.default] of the config "
+        "(pgsql or cockroachdb), or the embedded SQLite file <data_dir>/mongoose.db "
+        "without one.",
+    )
+    db_commands = db.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    wait_option = argparse.ArgumentParser(add_help=False, parents=[config_option])
+    wait_option.add_argument(
+        "--wait", metavar="SECONDS", type=_wait_seconds, default=0.0,
+        help="keep trying to reach the database for this long (default 0: one attempt)")
+    init = db_commands.add_parser(
+        "init",
+        parents=[wait_option],
+        help="create the schema, or bring it up to date",
+        description="Create the tables of the configured database, or apply the "
+        "migrations it lacks; does nothing to a database that is up to date. Exits 1 if "
+        "the database cannot be reached or a migration fails.",
+    )
+    init.set_defaults(func=cmd_db_init)
+    status = db_commands.add_parser(
+        "status",
+        parents=[wait_option],
+        help="print the schema version of the database",
+        description="Print the schema version of the configured database and the latest "
+        "this server knows. Exits 0 if it is up to date, 1 if not (or if the database "
+        "cannot be reached).",
+    )
+    status.set_defaults(func=cmd_db_status)
+
+
+@contextlib.contextmanager
+def _storage_messages() -> Iterator[None]:
+    """Warnings of the storage layer (each failed connection attempt) on stderr, as
+    "mongoose: ..." lines, while a db command runs."""
+    logger = logging.getLogger("mongoose.storage")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mongoose: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    saved = logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate = False
+    if logger.level == logging.NOTSET or logger.level > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate, level = saved
+        logger.setLevel(level)
+
+
+def _run_db_command(args: argparse.Namespace, command: Callable[..., int]) -> int:
+    cfg = _load_or_report(args.config)
+    if cfg is None:
+        return EXIT_FAILURE
+    from mongoose.storage import StorageError
+    from mongoose.storage.pools import describe, open_database
+
+    where = describe(cfg)
+    with _storage_messages():
+        try:
+            db = open_database(cfg, wait=args.wait)
+        except StorageError as error:
+            print(f"mongoose: {error}", file=sys.stderr)
+            return EXIT_FAILURE
+        try:
+            return command(db, where)
+        except StorageError as error:
+            print(f"mongoose: {where}: {error}", file=sys.stderr)
+            return EXIT_FAILURE
+        finally:
+            db.close()
+
+
+def cmd_db_init(args: argparse.Namespace) -> int:
+    """Apply the pending migrations; print what was done."""
+    from mongoose.storage import migrate
+
+    def init(db: Any, where: str) -> int:
+        applied = migrate.init(db)
+        state = migrate.status(db)
+        if applied:
+            versions = ", ".join(str(v) for v in applied)
+            print(f"{where}: applied schema version {versions}; {state.describe()}")
+        else:
+            print(f"{where}: {state.describe()}")
+        return EXIT_OK if state.up_to_date else EXIT_FAILURE
+
+    return _run_db_command(args, init)
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    """Print the schema version; exit 0 if it is the latest."""
+    from mongoose.storage import migrate
+
+    def status(db: Any, where: str) -> int:
+        state = migrate.status(db)
+        print(f"{where}: {state.describe()}")
+        return EXIT_OK if state.up_to_date else EXIT_FAILURE
+
+    cfg = _load_or_report(args.config)
+    if cfg is None:
+        return EXIT_FAILURE
+    from mongoose.storage.pools import SQLITE_FILE, describe, pool_config
+
+    if pool_config(cfg) is None and not cfg.data_path(SQLITE_FILE).exists():
+        # Not created just to say it is empty.
+        none = migrate.SchemaStatus(0, migrate.LATEST, migrate.MIGRATIONS)
+        print(f"{describe(cfg)}: no database yet; {none.describe()}")
+        return EXIT_FAILURE
+    return _run_db_command(args, status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,9 @@ dataclass of settings and add it to `Config` as `name: Class = field(default_fac
 Two more kinds of field: an array of tables (`[[listen.c2s]]`) is a field typed
 `tuple[Class, ...]` whose default is the tuple used when the array is absent; an optional
 table (`[modules.mod_ping]`: present means enabled) is a field typed `Class | None` whose
-default is None (write the table, even empty, to enable it with its defaults). Checks that
+default is None (write the table, even empty, to enable it with its defaults); tables
+whose names the operator chooses (`[outgoing_pools.rdbms.default]`) are a field typed
+`dict[str, Class]`. A setting whose default is None is unset until given. Checks that
 span several keys (`general.default_server_domain` must be one of `general.hosts`) run in
 `_check_whole` after the tree is read.
 """
@@ -159,6 +161,12 @@ def seed_list(value: Any) -> tuple[str, ...]:
     return tuple(seeds)
 
 
+def cluster_name_value(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 250:
+        raise Invalid("a cluster name (a non-empty string of at most 250 characters)")
+    return value
+
+
 def str_value(value: Any) -> str:
     if not isinstance(value, str):
         raise Invalid("a string")
@@ -222,8 +230,12 @@ def hash_list(value: Any) -> tuple[str, ...]:
 
 
 def auth_methods(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or value != ["internal"]:
-        raise Invalid('["internal"] (the embedded SQLite store; "rdbms" comes with PostgreSQL)')
+    # One method: "internal" (the embedded SQLite file) or "rdbms" (the users table of
+    # the node's database: [outgoing_pools.rdbms.default], or that same file without a
+    # pool, as for CETS discovery); MongooseIM's list form is kept for later methods.
+    if not isinstance(value, list) or value not in (["internal"], ["rdbms"]):
+        raise Invalid('["internal"] (the embedded SQLite store) or ["rdbms"] (the '
+                      "[outgoing_pools.rdbms.default] database)")
     return tuple(value)
 
 
@@ -280,15 +292,26 @@ class Cluster:
 class CetsDiscovery:
     """`[internal_databases.cets]`: how this node discovers the cluster's other nodes.
 
-    With `backend = "file"` and a `node_list_file`, the node re-reads that file (one
+    `backend = "file"` with a `node_list_file`: the node re-reads that file (one
     "host:port" per line) every `discovery_interval` seconds when it changes and joins
     the addresses in it, in addition to `cluster.seeds` (a relative path is under
-    `general.data_dir`). The "rdbms" backend arrives with the persistence layer.
+    `general.data_dir`). Without a `node_list_file`, no discovery.
+
+    `backend = "rdbms"`: every `discovery_interval` seconds the node writes its row in
+    the `discovery_nodes` table of the node's database (the `[outgoing_pools.rdbms]`
+    database, or the embedded SQLite file), and joins the addresses of every row of
+    `cluster_name`. Rows not updated for `node_expiry` seconds are deleted. Each node
+    gets a `node_num` unique in the cluster (see mongoose.cets_discovery_rdbms).
     """
 
-    backend: str = setting("file", one_of("file"))
+    backend: str = setting("file", one_of("file", "rdbms"))
     node_list_file: str = setting("", str_value)
     discovery_interval: float = setting(5.0, number_in(0.05, 3600))
+    # The nodes that share this name in the table form one cluster (rdbms only).
+    cluster_name: str = setting("mongooseim", cluster_name_value)
+    # Seconds without an update after which a node's row is deleted (rdbms only);
+    # MongooseIM's expire_time, 1 hour.
+    node_expiry: int = setting(3600, int_at_least(1))
 
 
 @dataclass(frozen=True)
@@ -501,6 +524,114 @@ class Instrumentation:
     graphite: GraphiteHandlerConfig | None = None
 
 
+# Outgoing pools: [outgoing_pools.rdbms.<tag>] (mongoose.storage.pools)
+
+
+RDBMS_DRIVERS = ("pgsql", "cockroachdb")
+RDBMS_DEFAULT_PORTS = {"pgsql": 5432, "cockroachdb": 26257}
+
+
+def tls_versions(value: Any) -> tuple[str, ...]:
+    choices = ("tlsv1.2", "tlsv1.3")
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, str) and v in choices for v in value)):
+        raise Invalid('a non-empty list from "tlsv1.2", "tlsv1.3"')
+    return tuple(dict.fromkeys(value))
+
+
+def optional_port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 65535:
+        raise Invalid("a TCP port number from 1 to 65535")
+    return value
+
+
+@dataclass(frozen=True)
+class RdbmsServerNameIndication:
+    """`connection.tls.server_name_indication`: SNI, and the name the server's
+    certificate must carry. `host` (default: `connection.host`) is for connecting to an
+    IP address whose certificate names a host."""
+
+    enabled: bool = setting(True, lambda v: _bool(v))
+    host: str = setting("", str_value)
+
+
+@dataclass(frozen=True)
+class RdbmsTls:
+    """`[outgoing_pools.rdbms.<tag>.connection.tls]`: present means TLS (MongooseIM's
+    client TLS options, mapped to libpq's in mongoose.storage.pg.tls_options).
+
+    `verify_mode`: "peer" (the server's certificate must chain to `cacertfile` and name
+    the host), "selfsigned_peer" (chain only: `cacertfile` may be the server's own
+    self-signed certificate) or "none" (no check; then `required` decides whether a
+    server without TLS is refused). `certfile` and `keyfile`: a client certificate.
+    """
+
+    required: bool = setting(False, lambda v: _bool(v))
+    verify_mode: str = setting("peer", one_of("peer", "selfsigned_peer", "none"))
+    cacertfile: str = setting("", str_value)
+    certfile: str = setting("", str_value)
+    keyfile: str = setting("", str_value)
+    # Password of the key file.
+    password: str = setting("", str_value)
+    versions: tuple[str, ...] = setting((), tls_versions)
+    server_name_indication: RdbmsServerNameIndication = field(
+        default_factory=RdbmsServerNameIndication)
+
+
+@dataclass(frozen=True)
+class RdbmsConnection:
+    """`[outgoing_pools.rdbms.<tag>.connection]`: the database server.
+
+    `driver`, `host`, `database` and `username` are required; `port` defaults to 5432
+    for pgsql and 26257 for cockroachdb (`port_number`). A `host` starting with "/" is
+    the directory of a Unix socket. `query_timeout`: ms a statement may run
+    (statement_timeout). `keepalive_interval`: seconds between TCP keepalive probes of
+    idle connections (unset: the system's). `max_start_interval`: the most seconds
+    between two connection attempts while the database is unreachable, at start and
+    after losing it.
+    """
+
+    driver: str = setting("", one_of(*RDBMS_DRIVERS))
+    host: str = setting("", non_empty_string("a host name, an IP address or a socket directory"))
+    port: int | None = setting(None, optional_port)
+    database: str = setting("", non_empty_string("a database name"))
+    username: str = setting("", non_empty_string("a user name"))
+    password: str = setting("", str_value)
+    query_timeout: int = setting(5000, int_at_least(1))
+    keepalive_interval: int | None = setting(None, int_at_least(1))
+    max_start_interval: int = setting(30, int_at_least(1))
+    tls: RdbmsTls | None = None
+
+    @property
+    def port_number(self) -> int:
+        return self.port or RDBMS_DEFAULT_PORTS.get(self.driver, 5432)
+
+
+@dataclass(frozen=True)
+class RdbmsPool:
+    """`[outgoing_pools.rdbms.<tag>]`: a pool of database connections. The storage uses
+    the pool tagged `default`.
+
+    `workers`: the most connections each process of the node opens. `call_timeout`: ms
+    a request waits for a free connection. `scope`: "global" or "host_type"; every host
+    type shares the one database either way.
+    """
+
+    scope: str = setting("global", one_of("global", "host_type"))
+    workers: int = setting(10, int_at_least(1))
+    call_timeout: int = setting(60_000, int_at_least(1))
+    connection: RdbmsConnection = field(default_factory=RdbmsConnection)
+
+
+@dataclass(frozen=True)
+class OutgoingPools:
+    """`[outgoing_pools]`: connections to other services, by type and tag. Without
+    `[outgoing_pools.rdbms.default]` the node keeps its data in SQLite (`mongoose.db`
+    under `general.data_dir`)."""
+
+    rdbms: dict[str, RdbmsPool] = field(default_factory=dict)
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise Invalid("true or false")
@@ -524,6 +655,7 @@ class Config:
     auth: Auth = field(default_factory=Auth)
     modules: Modules = field(default_factory=Modules)
     instrumentation: Instrumentation = field(default_factory=Instrumentation)
+    outgoing_pools: OutgoingPools = field(default_factory=OutgoingPools)
     source: str = "<defaults>"
 
     @property
@@ -583,6 +715,7 @@ def _check_whole(config: Config, source: str) -> None:
     if domain and domain not in config.general.hosts:
         key = "general.default_server_domain"
         raise ConfigError(source, f"{key}: expected one of general.hosts, got {domain!r}", key=key)
+    _check_cets(config.internal_databases.cets, source)
     seen: dict[tuple[str, int], int] = {}
     for i, listener in enumerate(config.listen.c2s):
         key = f"listen.c2s[{i}]"
@@ -619,6 +752,69 @@ def _check_whole(config: Config, source: str) -> None:
             raise ConfigError(
                 source, f"{sub}: expected [instrumentation.prometheus] to be enabled for "
                 "the metrics this handler serves", key=sub)
+    _check_rdbms_pools(config, source)
+
+
+def _check_cets(cets: CetsDiscovery, source: str) -> None:
+    key = "internal_databases.cets"
+    if cets.backend == "rdbms" and cets.node_list_file:
+        raise ConfigError(
+            source, f'{key}.node_list_file: expected only with backend = "file", got it with '
+            'backend = "rdbms"', key=f"{key}.node_list_file")
+    if cets.backend == "rdbms" and cets.node_expiry <= cets.discovery_interval:
+        raise ConfigError(
+            source, f"{key}.node_expiry: expected more seconds than discovery_interval "
+            f"({cets.discovery_interval:g}), got {cets.node_expiry}: live nodes would expire "
+            "each other's rows", key=f"{key}.node_expiry")
+
+
+def _check_rdbms_pools(config: Config, source: str) -> None:
+    """[outgoing_pools.rdbms.*]: required keys, and TLS options that go together."""
+    pools = config.outgoing_pools.rdbms
+    if pools and "default" not in pools:
+        key = "outgoing_pools.rdbms"
+        raise ConfigError(
+            source, f"{key}: expected a pool named default (the one the storage uses), "
+            f"got only {', '.join(sorted(pools))}", key=key)
+    for tag, pool in pools.items():
+        key = f"outgoing_pools.rdbms.{tag}.connection"
+        connection = pool.connection
+        for name, expected in (
+            ("driver", "one of " + ", ".join(RDBMS_DRIVERS)),
+            ("host", "a host name, an IP address or a socket directory"),
+            ("database", "a database name"),
+            ("username", "a user name"),
+        ):
+            if not getattr(connection, name):
+                raise ConfigError(source, f"{key}.{name}: expected {expected}, got nothing "
+                                  "(the key is required)", key=f"{key}.{name}")
+        tls = connection.tls
+        if tls is None:
+            continue
+        if bool(tls.certfile) != bool(tls.keyfile):
+            raise ConfigError(source, f"{key}.tls: expected both certfile and keyfile, or "
+                              "neither", key=f"{key}.tls")
+        if tls.verify_mode != "none" and not tls.cacertfile:
+            raise ConfigError(
+                source, f"{key}.tls.cacertfile: expected the CA certificates to verify the "
+                f'server with (verify_mode = "{tls.verify_mode}"), or verify_mode = "none"',
+                key=f"{key}.tls.cacertfile")
+        sni_host = tls.server_name_indication.host
+        if sni_host and not _is_ip(connection.host):
+            raise ConfigError(
+                source, f"{key}.host: expected an IP address when "
+                "tls.server_name_indication.host names the server, got "
+                f"{connection.host!r}", key=f"{key}.host")
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class _ArrayOf(typing.NamedTuple):
@@ -629,10 +825,15 @@ class _Optional(typing.NamedTuple):
     cls: type
 
 
+class _MapOf(typing.NamedTuple):
+    cls: type
+
+
 def _schema(cls: type) -> dict[str, Any]:
     """Key name -> its check, the dataclass of its table, _ArrayOf(dataclass) for an
-    array of tables or _Optional(dataclass) for a table that may be absent; other fields
-    are not keys."""
+    array of tables, _Optional(dataclass) for a table that may be absent or
+    _MapOf(dataclass) for tables of any names (`dict[str, Class]`); other fields are
+    not keys."""
     hints = typing.get_type_hints(cls)
     schema: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -644,6 +845,9 @@ def _schema(cls: type) -> dict[str, Any]:
             schema[f.name] = hint
         elif typing.get_origin(hint) is tuple and args and dataclasses.is_dataclass(args[0]):
             schema[f.name] = _ArrayOf(args[0])
+        elif typing.get_origin(hint) is dict and len(args) == 2 and dataclasses.is_dataclass(
+                args[1]):
+            schema[f.name] = _MapOf(args[1])
         elif len(args) == 2 and type(None) in args:
             inner = next(a for a in args if a is not type(None))
             if dataclasses.is_dataclass(inner):
@@ -666,6 +870,15 @@ def _read(cls: type, table: Any, path: str, source: str) -> Any:
             continue
         if isinstance(spec, _Optional):
             values[name] = _read(spec.cls, value, key, source)
+            continue
+        if isinstance(spec, _MapOf):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    source, f"{key}: expected tables named by their tag ([{key}.NAME]), "
+                    f"got {_show(value)}", key=key)
+            values[name] = {
+                tag: _read(spec.cls, item, f"{key}.{tag}", source) for tag, item in value.items()
+            }
             continue
         if isinstance(spec, _ArrayOf):
             if not isinstance(value, list) or not value:

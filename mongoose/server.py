@@ -1,10 +1,18 @@
-"""What every part of a worker shares: the config, the account store, TLS contexts.
+"""What every part of a worker shares: the config, the database, the account store, TLS
+contexts.
 
 :func:`setup` runs once when a worker's tree starts (``supervisors.worker``), before any
 session; :func:`current` is then what sessions, routers and modules read. Kept as one
 small object so tests can build one for a process of their own. It also prepares the
 instrumentation sinks of every configured host (:mod:`mongoose.c2s_events`,
 :mod:`mongoose.auth.events`), so that their series exist from the start.
+
+The database: one per process (:func:`mongoose.storage.pools.open_process_database`),
+opened here and closed by :func:`close` (when ``xmpp_services`` stops); the account
+store, and the later backends, are built on it (``Server.db``). A configured pool's
+database opens in the background without blocking the loop, and its calls fail with
+``StorageUnavailable`` until it is open: the node serves at once, logins get SASL
+``temporary-auth-failure`` meanwhile (see :mod:`mongoose.storage.pools`).
 """
 
 from __future__ import annotations
@@ -15,13 +23,13 @@ from typing import Any
 
 from mongoose.config import C2sListener, Config
 
-__all__ = ["Server", "current", "setup"]
+__all__ = ["Server", "close", "current", "setup"]
 
 
 @dataclass
 class Server:
     config: Config
-    store: Any  # mongoose.auth.accounts.AccountStore
+    store: Any  # mongoose.auth.accounts.AccountStore, on db (or its own SQLite file)
     hosts: frozenset[str]
     tls_contexts: dict[int, ssl.SSLContext] = field(default_factory=dict)  # by listener index
     # RFC 5929 tls-server-end-point data of each listener's certificate, by listener index
@@ -31,6 +39,13 @@ class Server:
     # the cluster and across restarts (derived from the cluster keys), so asking twice
     # cannot tell a fake salt from a real one.
     fake_salt_key: bytes | None = None
+    db: Any = None  # mongoose.storage.Database: the process's one
+
+    def close(self) -> None:
+        """Close the account store and the database."""
+        self.store.close()
+        if self.db is not None:
+            self.db.close()
 
     def tls_context(self, index: int) -> ssl.SSLContext | None:
         return self.tls_contexts.get(index)
@@ -57,6 +72,7 @@ def setup(config: Config) -> Server:
     from mongoose import tls as tls_mod
     from mongoose.auth import accounts, sasl
     from mongoose.auth import events as auth_events
+    from mongoose.storage import pools
     from otp import scheduler
 
     contexts, end_points = {}, {}
@@ -69,12 +85,19 @@ def setup(config: Config) -> Server:
     # Every series of the sessions' and the store's events exists from now on, at zero.
     c2s_events.setup(config.general.hosts)
     auth_events.setup(config.general.hosts)
-    store = accounts.open_store(config)
+    close()  # a restarted xmpp_services: the last one's database is not used again
+    db = pools.open_process_database(config)
+    try:
+        store = accounts.store_on(config, db)
+    except BaseException:
+        db.close()
+        raise
     # The store runs on blocking threads; its events are emitted on this process's loop.
     store.emit_via = scheduler.current().call_soon
     _current = Server(
         config=config,
         store=store,
+        db=db,
         hosts=frozenset(config.general.hosts),
         tls_contexts=contexts,
         end_points=end_points,
@@ -93,6 +116,15 @@ def _salt_key(config: Config) -> bytes | None:
     except OSError:
         return None  # a random key per process: still no leak from one worker
     return hashlib.sha256(b"mongoose fake SCRAM salt\0" + secret).digest()
+
+
+def close() -> None:
+    """Close this process's database and account store (``xmpp_services`` stopping);
+    :func:`current` fails afterwards."""
+    global _current
+    server, _current = _current, None
+    if server is not None:
+        server.close()
 
 
 def current() -> Server:

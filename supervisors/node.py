@@ -29,7 +29,8 @@ cluster membership services and the admin endpoint become children of ``node_sup
                      and pushes to Graphite (mongoose.instrument.service)
       node_status    answers status queries (mongoose.status)
       workers_sup    the worker OS processes 1..W (supervisors.workers)
-      cets_discovery joins the nodes listed in a file (when configured; otp.discovery)
+      cets_discovery joins the nodes listed in a file or in the discovery_nodes table
+                     (when configured; otp.discovery, mongoose.cets_discovery)
 """
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ from functools import partial
 from pathlib import Path
 
 import otp
+from mongoose.cets_discovery import NAME as DISCOVERY_NAME
+from mongoose.cets_discovery import discovery_backend
 from mongoose.config import Config
 from mongoose.instrument.service import NodeMetrics
 from mongoose.status import NodeStatus
 from otp import curve
 from otp import scheduler as scheduler_mod
-from otp.discovery import Discovery, FileBackend
+from otp.discovery import Discovery
 from otp.dist import new_creation
 from otp.node import Runtime
 from otp.supervisor import ChildSpec, Supervisor
@@ -89,19 +92,19 @@ def node_sup_children(
             config_file=_config_file(config),
         ),
     ]
-    if discovery.node_list_file:
-        path = Path(discovery.node_list_file)
-        if not path.is_absolute():
-            path = Path(general.data_dir) / path
-        tcp = runtime.tcp_address()
+    tcp = runtime.tcp_address()
+    own_address = tcp.removeprefix("tcp://") if tcp else None
+    backend = discovery_backend(config, own_address)
+    if backend is not None:
         children.append(
             ChildSpec(
                 id="cets_discovery",
                 start=partial(
                     Discovery.start,
-                    FileBackend(path),
-                    own_address=tcp.removeprefix("tcp://") if tcp else None,
+                    backend,
+                    own_address=own_address,
                     interval=discovery.discovery_interval,
+                    name=DISCOVERY_NAME,
                 ),
             )
         )

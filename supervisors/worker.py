@@ -8,8 +8,14 @@ it, and they restart together)::
     instrument       the process's instrumentation: handlers, actor lifecycle events,
                      probes; answers the node's metrics actor (mongoose.instrument.service)
     worker_status    answers the shell and ``mongoose status``
-    xmpp_services    the server context: config, account store, TLS contexts; the
-                     session table; the configured modules (hooks, iq handlers)
+    xmpp_services    the server context: config, the process's database, account
+                     store, TLS contexts; the session table; the configured modules
+                     (hooks, iq handlers). A configured pool's database opens in the
+                     background (mongoose.storage.pools, "In a worker"): the start waits
+                     at most FIRST_WAIT seconds for the first attempt, off the loop,
+                     then the worker serves, and logins fail with
+                     temporary-auth-failure until the database is open: a node
+                     started before its database does not crash-loop
     router_sup       router shard actors router_0 .. router_{R-1} (one_for_one)
     c2s_sup          simple_one_for_one: one temporary session actor per connection
     listener         the [[listen.c2s]] ports, SO_REUSEPORT, opened last, closed first
@@ -41,17 +47,24 @@ class XmppServices(otp.LoopActor):
         super().__init__()
         self.config = config
 
-    def on_start(self) -> None:
+    async def on_start(self) -> None:
         from mongoose import modules, server, sm
+        from mongoose.storage.pools import FIRST_WAIT, BackgroundDatabase
+        from otp import blocking
 
-        server.setup(self.config)
+        db = server.setup(self.config).db
         sm.create_table()
         modules.start_all(self.config)
+        if isinstance(db, BackgroundDatabase):
+            # A reachable database is open before the listener starts; an unreachable
+            # one keeps being tried in the background (its failures are logged).
+            await blocking.run(db.wait_settled, FIRST_WAIT)
 
     def on_stop(self) -> None:
-        from mongoose import modules
+        from mongoose import modules, server
 
         modules.stop_all()
+        server.close()
 
 
 class RouterSup(Supervisor):

@@ -14,6 +14,15 @@ import slixmpp.plugins.xep_0092
 import slixmpp.plugins.xep_0199  # noqa: F401
 from dist_harness import TestNode
 from helpers import ProbeHandle
+
+# PostgreSQL for the storage tests: a throwaway server per session (see pg_harness).
+from pg_harness import (  # noqa: F401 - fixtures
+    database,
+    pg_config_toml,
+    pg_database,
+    pg_dsn,
+    pg_server,
+)
 from xmpp_client import Client, ClientLoop
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import stat
 import subprocess
@@ -11,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from backend_helpers import recording, unreachable_pool_toml
 
 from mongoose import config
 from mongoose.auth import accounts, scram
@@ -21,6 +23,7 @@ from mongoose.auth.accounts import (
     SqliteAccountStore,
     normalize_user,
 )
+from mongoose.storage.pools import DatabaseUnreachable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,6 +159,68 @@ def test_open_store_follows_config(tmp_path):
         s.register("juliet", "localhost", "pencil")
         assert s.get_secrets("juliet", "localhost")["sha512"].iterations == 5000
         assert list(s.get_secrets("juliet", "localhost")) == ["sha512"]
+
+
+# The users table as the account store created it before the shipped schema existed.
+OLD_USERS_TABLE = """
+CREATE TABLE users (
+    username TEXT NOT NULL,
+    server TEXT NOT NULL,
+    password TEXT NOT NULL DEFAULT '',
+    pass_details TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (server, username)
+) WITHOUT ROWID;
+"""
+
+
+def test_a_file_of_the_old_store_keeps_its_accounts(tmp_path):
+    """A mongoose.db made before the shipped schema (only users) keeps its accounts and
+    gains the other tables when a store opens it."""
+    path = tmp_path / "mongoose.db"
+    details = scram.encode_secrets(scram.make_secrets("pencil", 1, ("sha256",)))
+    with sqlite3.connect(path) as old:
+        old.executescript(OLD_USERS_TABLE)
+        old.execute("INSERT INTO users (username, server, pass_details) VALUES (?, ?, ?)",
+                    ("juliet", "localhost", details))
+    old.close()
+    with SqliteAccountStore(path, iterations=1) as s:
+        assert scram.check_password(s.get_secrets("juliet", "localhost"), "pencil")
+        s.register("romeo", "localhost", "x")
+        assert s.list_users("localhost") == ["juliet", "romeo"]
+        tables = {row[0] for row in s.db.query("SELECT name FROM sqlite_master")}
+    assert {"rosterusers", "mam_message", "offline_message", "schema_version"} <= tables
+
+
+def test_open_store_rdbms_uses_the_pool(tmp_path, pg_config_toml):
+    """methods = ["rdbms"] keeps accounts in the pool's database (users table), with
+    the same storage_query events; nothing goes to the SQLite file."""
+    cfg = config.loads(textwrap.dedent(f"""
+        [general]
+        data_dir = "{tmp_path / 'd'}"
+        [auth]
+        methods = ["rdbms"]
+        [auth.password]
+        hash = ["sha256"]
+        scram_iterations = 4096
+    """) + pg_config_toml)
+    with accounts.open_store(cfg) as s, recording() as memory:
+        assert s.db.driver == "pgsql"
+        s.register("juliet", "localhost", "pencil")
+        assert s.get_secrets("juliet", "localhost")["sha256"].iterations == 4096
+        assert s.list_users("localhost") == ["juliet"]
+        [[count]] = s.db.query("SELECT COUNT(*) FROM users WHERE server = ?", ("localhost",))
+        assert memory.find("storage_query", {"backend": "accounts", "function": "register"})
+    assert count == 1
+    assert not (tmp_path / "d" / "mongoose.db").exists()
+
+
+def test_open_store_rdbms_unreachable_fails_clearly(tmp_path):
+    """An unreachable pool with wait=0: one attempt, then an error naming the pool."""
+    cfg = config.loads(f'[general]\ndata_dir = "{tmp_path}"\n[auth]\nmethods = ["rdbms"]\n'
+                       + unreachable_pool_toml())
+    with pytest.raises(DatabaseUnreachable, match=re.escape("outgoing_pools.rdbms.default")):
+        accounts.open_store(cfg, wait=0)
 
 
 def test_threads_share_a_store(store):

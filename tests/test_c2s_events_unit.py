@@ -15,7 +15,8 @@ from mongoose.auth import events as auth_events
 from mongoose.auth import scram
 from mongoose.auth.accounts import AccountExists, SqliteAccountStore
 from mongoose.auth.sasl import Failure, SaslServer, Success
-from mongoose.instrument import MemoryHandler, MetricStore
+from mongoose.c2s import _count
+from mongoose.instrument import MemoryHandler, MetricStore, Samples
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,6 +30,7 @@ def memory() -> Iterator[MemoryHandler]:
     handler = MemoryHandler()
     c2s_events.setup(HOSTS)
     auth_events.setup(HOSTS)
+    instrument.process_registry.flush_batches()  # sums of earlier tests go nowhere
     instrument.set_handlers([handler])
     yield handler
     instrument.set_handlers([])
@@ -64,26 +66,49 @@ def test_the_events_have_mongooseim_names_labels_and_types():
 
 
 def test_every_measurement_dict_fits_its_event(memory):
-    """Each prebuilt measurement dict (plus byte_size) is accepted by the sinks that get
-    it: a wrong key would raise InstrumentError, in every test run."""
+    """Each prebuilt measurement dict is accepted by the sink or batch that gets it, the
+    way the session uses them (mongoose.c2s._count for the element batches): a wrong key
+    would raise (KeyError in a batch's sums, InstrumentError in a sink) in every test run.
+    A flush emits each batch once, with the sums of everything counted since."""
+    registry = instrument.process_registry
     sinks = c2s_events.host("localhost")
-    for counts in (*c2s_events.ELEMENT.values(), c2s_events.OTHER_ELEMENT,
-                   c2s_events.STREAM_ERROR):
-        for sink in (sinks.element_in, sinks.element_out):
-            sink.emit({**counts, "byte_size": 10})
+    data = c2s_events.data_sinks()
+    elements = [*c2s_events.ELEMENT.values(), c2s_events.OTHER_ELEMENT,
+                c2s_events.STREAM_ERROR]
+    for counts in elements:
+        assert set(counts.values()) == {1}  # _count adds one per key
+        for batch in (sinks.element_in, sinks.element_out):
+            _count(batch, counts, 10)
+    sinks.message_processed.observe("time", 300)
+    for batch in (data.tcp_in, data.tcp_out, data.tls_in, data.tls_out):
+        batch.sums["byte_size"] += 7
     sinks.sm_session.emit(c2s_events.LOGIN)
     sinks.sm_session.emit(c2s_events.LOGOUT)
     for sink in (sinks.auth_failed, sinks.message_bounced, sinks.stanza_dropped,
                  sinks.no_route_found):
         sink.emit(c2s_events.ONE)
-    data = c2s_events.data_sinks()
-    for sink in (data.tcp_in, data.tcp_out, data.tls_in, data.tls_out):
-        sink.emit({"byte_size": 1})
-    memory.assert_event("xmpp_element_in", {"host_type": "localhost"},
-                        lambda m: m.get("message_error_count") == 1 and m["error_count"] == 1
-                        and "message_count" not in m)
+    assert memory.find("xmpp_element_in") == []  # batched: nothing before the flush
+    registry.flush_batches()
+
+    errors = 3 + 1  # a <kind> of type='error' for each kind, and the stream error
+    for name in ("xmpp_element_in", "xmpp_element_out"):
+        [counted] = memory.find(name, {"connection_type": "c2s", "host_type": "localhost"})
+        size = counted.pop("byte_size")
+        assert isinstance(size, Samples)
+        assert (size.count, size.sum) == (len(elements), 10 * len(elements))
+        assert counted == {"count": len(elements), "stanza_count": 6, "error_count": errors,
+                           **{f"{kind}_{what}": 1 for kind in c2s_events.KINDS
+                              for what in ("count", "error_count")}}
+    [processed] = memory.find("c2s_message_processed", {"host_type": "localhost"})
+    assert (processed["time"].count, processed["time"].sum) == (1, 300)
+    for name in c2s_events.DATA_EVENTS:
+        assert memory.find(name, {"connection_type": "c2s"}) == [{"byte_size": 7}]
     memory.assert_event("sm_session", {"host_type": "localhost"},
                         lambda m: m == {"logouts": 1, "count": -1})
+    with pytest.raises(KeyError):
+        sinks.element_in.sums["byte_size"] += 1  # a histogram: observe() it
+    with pytest.raises(KeyError):
+        data.tcp_in.sums["bytes"] += 1
 
 
 def test_setup_makes_every_series_exist_at_zero():
@@ -123,10 +148,10 @@ def test_store_calls_emit_storage_query(memory, tmp_path):
         assert store.get_secrets("juliet", "localhost") is not None
         with pytest.raises(AccountExists):
             store.register("juliet", "localhost", "pw")
-    labels = {"backend": "sqlite", "function": "get_secrets"}
+    labels = {"backend": "accounts", "function": "get_secrets"}
     [found] = memory.find("storage_query", labels)
     assert found["count"] == 1 and isinstance(found["time"], int) and found["time"] >= 0
-    registers = memory.find("storage_query", {"backend": "sqlite", "function": "register"})
+    registers = memory.find("storage_query", {"backend": "accounts", "function": "register"})
     assert [sorted(m) for m in registers] == [["count", "time"], ["count"]]
 
 
@@ -149,7 +174,7 @@ def test_a_store_call_on_another_thread_is_emitted_through_emit_via(memory, tmp_
         assert memory.find("storage_query") == []  # nothing emitted on the thread
         fn, measurements = handed[0]
         fn(measurements)  # what the loop does
-    [found] = memory.find("storage_query", {"backend": "sqlite", "function": "exists"})
+    [found] = memory.find("storage_query", {"backend": "accounts", "function": "exists"})
     assert found["count"] == 1 and found["time"] >= 0
 
 

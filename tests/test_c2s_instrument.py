@@ -3,17 +3,25 @@ node's /metrics page (every series at zero from the start, then counting).
 
 The log handler writes an event's labels and measurements as fields of a log line; a
 measurement named ``time`` is written as ``extra_time`` (``time`` is the line's own
-timestamp). ``node.wait_for`` matches fields exactly, so tests that check a measurement
-by a predicate (a size above zero) take the first event with the exact fields and check
-the rest on it. Events unit-tested in one process: test_c2s_events_unit.py.
+timestamp). The per-stanza and per-read events (xmpp_element_in/out,
+c2s_message_processed, tcp_data_*, tls_data_*) are batched: each worker emits them once
+per second with the sums of that second, a histogram as ``"Samples(count=N, sum=S)"``.
+The node is shared by the tests of this module, and an event does not say which session
+it counts: a test that checks exact counts or sizes first pings the server and waits for
+the events of the ping (:func:`ping_and_wait_for_its_flush`), after which its session's
+worker emits only what the test does, and it tells its own events by sizes no other test
+produces. Events unit-tested in one process:
+test_c2s_events_unit.py.
 """
 # The log handler's own filtering by level is tested in test_instrument.py.
 
 from __future__ import annotations
 
+import queue
 import re
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -40,72 +48,168 @@ def node(tmp_path_factory: pytest.TempPathFactory, test_node: TestNode) -> Itera
     n.kill()
 
 
+_SAMPLES = re.compile(r"Samples\(count=(\d+), sum=(\d+)\)")
+
+
+def samples(value: Any) -> tuple[int, int]:
+    """(count, sum) of a histogram measurement as the log line has it: the repr of the
+    ``Samples`` of one second."""
+    match = _SAMPLES.fullmatch(value) if isinstance(value, str) else None
+    assert match is not None, f"not a Samples repr: {value!r}"
+    return int(match[1]), int(match[2])
+
+
+def one_element(kind: str, low: int, high: int) -> Callable[[dict[str, Any]], bool]:
+    """Matches an xmpp_element_* event that counts ``kind`` and one element (one
+    byte_size sample) of ``low`` to ``high`` bytes: a stanza of a size only its test
+    sends, alone in its second, not merged with other tests' last stanzas."""
+
+    def match(event: dict[str, Any]) -> bool:
+        if kind not in event:
+            return False
+        count, size = samples(event["byte_size"])
+        return count == 1 and low < size < high
+
+    return match
+
+
+def wait_event(node: MongooseNode, what: str,
+               predicate: Callable[[dict[str, Any]], bool] = lambda _: True,
+               timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+    """Like ``node.wait_for`` (the first event not returned before with ``what`` and
+    these fields), for which ``predicate(event)`` also holds, and with a deadline:
+    fails after ``timeout`` seconds in all, however many other events the node logs
+    meanwhile (``wait_for`` waits ``timeout`` for each next event)."""
+
+    def matches(event: dict[str, Any]) -> bool:
+        return (event.get("what") == what
+                and all(event.get(k) == v for k, v in fields.items()) and predicate(event))
+
+    for event in node.seen:
+        if matches(event):
+            node.seen.remove(event)
+            return event
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            event = node.events.get(timeout=remaining)
+        except queue.Empty:
+            break
+        if matches(event):
+            return event
+        node.seen.append(event)
+    seen = [e for e in node.seen if e.get("what") == what]
+    raise AssertionError(f"{node.name}: no {what} {fields} event matching the predicate "
+                         f"within {timeout} s; seen: {seen[-10:]}")
+
+
+def ping_and_wait_for_its_flush(node: MongooseNode, send: Callable[[str], None]) -> None:
+    """Ping the server with ``send`` and wait for the events that count the ping and its
+    answer: whatever came before on this session's worker (its login, another test's
+    last stanzas) went out with them or earlier, so from then on each second's events of
+    that worker count only what the test does then. No other test sends an iq after
+    login, so the first events with an iq_count are these. The events logged before and
+    not waited for are dropped: they count earlier traffic."""
+    send(f"<iq type='get' id='flush' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    wait_event(node, "xmpp_element_in", lambda e: "iq_count" in e, **C2S)
+    wait_event(node, "xmpp_element_out", lambda e: "iq_count" in e, **C2S)
+    node.seen.clear()
+
+
 def test_a_session_emits_login_stanza_and_logout_events(node, clients, loop):
     """A STARTTLS login emits auth_authorize and the account lookup (storage_query), then
-    sm_session with logins=1 and count=+1; a message to oneself is counted in
-    (xmpp_element_in), timed (c2s_message_processed) and counted out (xmpp_element_out)
-    when delivered; closing emits logouts=1 and count=-1."""
+    sm_session with logins=1 and count=+1; the initial presence and a message to oneself
+    are counted in (xmpp_element_in, with their sizes), the message timed
+    (c2s_message_processed) and counted out (xmpp_element_out) when delivered: the same
+    bytes, routed as they were counted in; closing emits logouts=1 and count=-1."""
     alice = Client(loop, f"alice@{DOMAIN}/i", PASSWORD, port=node.c2s_port)
     clients.append(alice)
-    alice.connect()
-    authorize = node.wait_for("auth_authorize", host_type=DOMAIN, count=1)
+    alice.connect(presence=False)
+    authorize = wait_event(node, "auth_authorize", host_type=DOMAIN, count=1)
     assert isinstance(authorize["extra_time"], int) and authorize["extra_time"] >= 0
-    query = node.wait_for("storage_query", backend="sqlite", function="get_secrets", count=1)
+    query = wait_event(node, "storage_query", backend="accounts", function="get_secrets",
+                       count=1)
     assert query["extra_time"] >= 0
-    node.wait_for("sm_session", host_type=DOMAIN, logins=1, count=1)
-    # The initial presence (no 'to') is not routed: its size is measured on its own.
-    presence = node.wait_for("xmpp_element_in", **C2S, presence_count=1)
-    assert presence["stanza_count"] == 1 and presence["byte_size"] > 0
+    wait_event(node, "sm_session", host_type=DOMAIN, logins=1, count=1)
+    ping_and_wait_for_its_flush(node, alice.send_raw)
 
-    body = "to myself, counted"
+    # The initial presence (no 'to') is not routed: its size is measured on its own. A
+    # status of 300 bytes tells it (and its copy back) from other tests' presences.
+    status = "s" * 300
+    this_presence = one_element("presence_count", len(status), 600)
+    alice.send_raw(f"<presence><status>{status}</status></presence>")
+    presence = wait_event(node, "xmpp_element_in", this_presence, **C2S)
+    assert (presence["count"], presence["stanza_count"], presence["presence_count"]) == (
+        1, 1, 1)
+    assert "message_count" not in presence
+    wait_event(node, "xmpp_element_out", this_presence, **C2S)
+
+    # The message's second has nothing else of this session's.
+    body = "to myself, counted " + "m" * 600  # elements of 600 to 999 bytes: this test's
     alice.send_message(f"alice@{DOMAIN}/i", body)
     wait_until(lambda: body in alice.bodies(), what="the message back")
-    came = node.wait_for("xmpp_element_in", **C2S, message_count=1)
-    assert came["count"] == 1 and came["stanza_count"] == 1
-    assert came["byte_size"] > len(body)
-    assert "error_count" not in came
-    went = node.wait_for("xmpp_element_out", **C2S, message_count=1)
-    assert went["count"] == 1 and went["byte_size"] > len(body)
-    processed = node.wait_for("c2s_message_processed", host_type=DOMAIN)
-    assert isinstance(processed["extra_time"], int)
-    assert 0 <= processed["extra_time"] < 10_000_000  # µs
+    this_message = one_element("message_count", len(body), 1000)
+    came = wait_event(node, "xmpp_element_in", this_message, **C2S)
+    assert (came["count"], came["stanza_count"], came["message_count"]) == (1, 1, 1)
+    assert "error_count" not in came and "presence_count" not in came
+    size = samples(came["byte_size"])[1]
+    went = wait_event(node, "xmpp_element_out", this_message, **C2S)
+    assert (went["count"], went["stanza_count"], went["message_count"]) == (1, 1, 1)
+    assert samples(went["byte_size"]) == (1, size)
+    processed = wait_event(node, "c2s_message_processed",
+                           lambda e: samples(e["extra_time"])[0] == 1, host_type=DOMAIN)
+    assert 0 <= samples(processed["extra_time"])[1] < 10_000_000  # µs
 
     alice.disconnect()
-    node.wait_for("sm_session", host_type=DOMAIN, logouts=1, count=-1)
+    wait_event(node, "sm_session", host_type=DOMAIN, logouts=1, count=-1)
 
 
 def test_starttls_counts_plain_bytes_then_tls_bytes(node, clients, loop):
     """Before STARTTLS the socket's reads and writes are tcp_data_*; after it tls_data_*,
-    counted as plaintext: the write of a delivered stanza is exactly its size."""
+    counted as plaintext: in a second when the client sends one stanza, tls_data_in is
+    exactly its size, and when the session writes one delivered stanza, tls_data_out is
+    exactly that element's size."""
     bob = Client(loop, f"bob@{DOMAIN}/t", PASSWORD, port=node.c2s_port)
     clients.append(bob)
     bob.connect()
     for event in ("tcp_data_in", "tcp_data_out", "tls_data_in", "tls_data_out"):
-        assert node.wait_for(event, connection_type="c2s")["byte_size"] > 0
-    body = "t" * 1000  # sizes of their own: 1000 to 1999 bytes here, 2000+ for plain TCP
-    bob.send_message(f"bob@{DOMAIN}/t", body)
+        assert wait_event(node, event, connection_type="c2s")["byte_size"] > 0
+    ping_and_wait_for_its_flush(node, bob.send_raw)
+    body = "t" * 1600  # elements of 1600 to 1999 bytes: this test's
+    stanza = f"<message to='bob@{DOMAIN}/t' type='chat' id='tls-1'><body>{body}</body></message>"
+    bob.send_raw(stanza)
     wait_until(lambda: body in bob.bodies(), what="the message back")
-    went = node.wait_for("xmpp_element_out", **C2S, message_count=1)
-    while not 1000 < went["byte_size"] < 2000:  # another test's message: skip it
-        went = node.wait_for("xmpp_element_out", **C2S, message_count=1)
-    node.wait_for("tls_data_out", connection_type="c2s", byte_size=went["byte_size"])
+    wait_event(node, "tls_data_in", connection_type="c2s", byte_size=len(stanza.encode()))
+    went = wait_event(node, "xmpp_element_out", one_element("message_count", 1600, 2000),
+                      **C2S)
+    assert went["count"] == went["message_count"] == 1
+    size = samples(went["byte_size"])[1]
+    wait_event(node, "tls_data_out", connection_type="c2s", byte_size=size)
 
 
 def test_a_plain_tcp_session_counts_tcp_bytes_per_read_and_write(node):
-    """On a plain listener, one stanza sent in one piece is one read: tcp_data_in has its
-    exact size; the delivered copy is one write: tcp_data_out has the element's size."""
+    """On a plain listener, a second in which the client sends one stanza (and nothing
+    else happens on the session) has tcp_data_in of exactly its size; the delivered copy
+    is one write: tcp_data_out of that second is the element's size."""
     raw, jid = raw_login(node.plain_port, "carol", "p", starttls=False)
     try:
-        node.wait_for("auth_authorize", host_type=DOMAIN, count=1)  # PLAIN, this time
+        wait_event(node, "auth_authorize", host_type=DOMAIN, count=1)  # PLAIN, this time
+        ping_and_wait_for_its_flush(node, raw.send)
+        # A stanza of 2500 to 2999 bytes: this test's.
         stanza = (f"<message to='{jid}' type='chat' id='plain-1'>"
-                  f"<body>{'p' * 2000}</body></message>").encode()
+                  f"<body>{'p' * 2500}</body></message>").encode()
         raw.send(stanza)
         raw.read_until(rb"plain-1.*?</message>")
-        node.wait_for("tcp_data_in", connection_type="c2s", byte_size=len(stanza))
-        went = node.wait_for("xmpp_element_out", **C2S, message_count=1)
-        while went["byte_size"] < 2000:  # another test's message: skip it
-            went = node.wait_for("xmpp_element_out", **C2S, message_count=1)
-        node.wait_for("tcp_data_out", connection_type="c2s", byte_size=went["byte_size"])
+        wait_event(node, "tcp_data_in", connection_type="c2s", byte_size=len(stanza))
+        this_message = one_element("message_count", 2500, 3000)
+        came = wait_event(node, "xmpp_element_in", this_message, **C2S)
+        assert came["count"] == came["message_count"] == 1
+        size = samples(came["byte_size"])[1]
+        assert size >= len(stanza)  # as routed: with its 'from'
+        went = wait_event(node, "xmpp_element_out", this_message, **C2S)
+        assert went["count"] == went["message_count"] == 1
+        assert samples(went["byte_size"]) == (1, size)
+        wait_event(node, "tcp_data_out", connection_type="c2s", byte_size=size)
     finally:
         raw.close()
 
@@ -115,15 +219,24 @@ def test_error_stanzas_count_as_errors(node):
     <kind>_count, both ways."""
     raw, jid = raw_login(node.plain_port, "dave", "e", starttls=False)
     try:
+        ping_and_wait_for_its_flush(node, raw.send)
+        # An error text of 3000 bytes tells this error from others (a bounce's).
         raw.send(f"<message to='{jid}' type='error' id='err-1'><error type='cancel'>"
                  "<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
-                 "</error></message>")
-        raw.read_until(rb"err-1")
-        came = node.wait_for("xmpp_element_in", **C2S, message_error_count=1)
-        assert came["error_count"] == 1 and came["stanza_count"] == 1
+                 "<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>" + "e" * 3000
+                 + "</text></error></message>")
+        raw.read_until(rb"err-1.*?</message>")
+        this_error = one_element("message_error_count", 3000, 4000)
+        came = wait_event(node, "xmpp_element_in", this_error, **C2S)
+        assert (came["count"], came["stanza_count"], came["error_count"],
+                came["message_error_count"]) == (1, 1, 1, 1)
         assert "message_count" not in came
-        went = node.wait_for("xmpp_element_out", **C2S, message_error_count=1)
-        assert went["error_count"] == 1 and went["byte_size"] > 0
+        size = samples(came["byte_size"])[1]
+        went = wait_event(node, "xmpp_element_out", this_error, **C2S)
+        assert (went["count"], went["stanza_count"], went["error_count"],
+                went["message_error_count"]) == (1, 1, 1, 1)
+        assert "message_count" not in went
+        assert samples(went["byte_size"]) == (1, size)
     finally:
         raw.close()
 
@@ -213,7 +326,7 @@ def test_every_series_exists_at_zero_from_the_start_then_counts(metrics_node, cl
             assert value(before, name, host_type=host) == 0, (name, host)
     for event in ("tcp_data_in", "tcp_data_out", "tls_data_in", "tls_data_out"):
         assert value(before, f"{event}_byte_size_total", connection_type="c2s") == 0
-    assert value(before, "storage_query_count_total", backend="sqlite",
+    assert value(before, "storage_query_count_total", backend="accounts",
                  function="get_secrets") == 0
 
     alice = Client(loop, f"alice@{DOMAIN}/m", PASSWORD, port=node.c2s_port)
@@ -231,7 +344,7 @@ def test_every_series_exists_at_zero_from_the_start_then_counts(metrics_node, cl
     after = scrape(node)
     assert value(after, "sm_session_count", host_type=DOMAIN) == 1
     assert value(after, "auth_authorize_count_total", host_type=DOMAIN) == 1
-    assert value(after, "storage_query_count_total", backend="sqlite",
+    assert value(after, "storage_query_count_total", backend="accounts",
                  function="get_secrets") == 1
     assert value(after, "tls_data_in_byte_size_total", connection_type="c2s") > 0
     assert value(after, "tcp_data_out_byte_size_total", connection_type="c2s") > 0

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
+from backend_helpers import unreachable_pool_toml
 
 from mongoose.auth import scram
 from mongoose.auth.accounts import SqliteAccountStore
@@ -140,3 +142,26 @@ def test_long_config_option_too(workdir):
         cwd=workdir, env=env, capture_output=True, text=True, timeout=30,
     )
     assert (result.returncode, result.stdout) == (0, "0\n")
+
+
+def test_accounts_in_the_rdbms_pool(workdir, pg_config_toml, pg_dsn):
+    """With methods = ["rdbms"], the commands use the pool's users table."""
+    (workdir / "mongoose.toml").write_text(
+        CONFIG + '[auth]\nmethods = ["rdbms"]\n' + pg_config_toml)
+    assert account(workdir, "register", "juliet@localhost", "pencil").returncode == 0
+    assert account(workdir, "list", "localhost").stdout == "juliet\n"
+    with psycopg.connect(pg_dsn) as conn:
+        [(user,)] = conn.execute("SELECT username FROM users").fetchall()
+    assert user == "juliet"
+    assert not (workdir / "data" / "mongoose.db").exists()
+
+
+def test_an_unreachable_pool_is_one_line_and_exit_1(workdir):
+    """An unreachable rdbms pool: one attempt, one line naming the pool, exit 1."""
+    (workdir / "mongoose.toml").write_text(
+        CONFIG + '[auth]\nmethods = ["rdbms"]\n' + unreachable_pool_toml())
+    result = account(workdir, "count", "localhost")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("mongoose: cannot use the account store pgsql at 127.0.0.1")
+    assert "outgoing_pools.rdbms.default: cannot connect" in result.stderr
+    assert result.stderr.count("\n") == 1

@@ -133,9 +133,9 @@ def test_unknown_key(tmp_path):
 
 def test_unknown_section(tmp_path):
     """A top-level section the server does not know is an error naming it."""
-    error = load_error(tmp_path, "[[outgoing_pools.rdbms]]\nport = 5432\n")
-    assert error.key == "outgoing_pools"
-    assert "unknown section outgoing_pools" in str(error)
+    error = load_error(tmp_path, "[[s2s.outgoing]]\nport = 5269\n")
+    assert error.key == "s2s"
+    assert "unknown section s2s" in str(error)
     assert "expected one of auth, cluster, general" in str(error)
 
 
@@ -239,6 +239,15 @@ def test_auth_section(tmp_path):
     ]:
         error = load_error(tmp_path, toml)
         assert error.key == key and expected in str(error), str(error)
+
+
+def test_auth_methods_internal_or_rdbms(tmp_path):
+    """[auth] methods: "internal" (the default, SQLite) or "rdbms" (the pool), one of them."""
+    assert config.loads("").auth.methods == ("internal",)
+    assert config.loads('[auth]\nmethods = ["rdbms"]\n').auth.methods == ("rdbms",)
+    for methods in ('["ldap"]', '["internal", "rdbms"]', "[]", '"rdbms"'):
+        error = load_error(tmp_path, f"[auth]\nmethods = {methods}\n")
+        assert error.key == "auth.methods" and '["rdbms"]' in str(error), str(error)
 
 
 def test_modules_are_enabled_by_their_table(tmp_path):

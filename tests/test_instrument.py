@@ -6,6 +6,7 @@ real sockets for the Prometheus scrape and the Graphite push, no sleeps.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -361,6 +362,9 @@ def test_a_prepared_sink_creates_its_series_at_zero_and_follows_handler_changes(
     sink.emit({"count": 2})
     assert instrument.prepared("ev", HOST) is sink
     assert store.snapshot()["events"]["ev"]["series"] == [[["localhost"], {"count": 2}]]
+    with pytest.raises(KeyError):  # the store alone: its update is the emit
+        sink.emit({"bytes": 1})
+    instrument.set_handlers([store, MemoryHandler()])
     with pytest.raises(InstrumentError, match="not registered metrics"):
         sink.emit({"bytes": 1})
     with pytest.raises(InstrumentError, match="labels"):
@@ -470,6 +474,230 @@ def test_graphite_escapes_dots_in_label_values():
     instrument.execute("lookup", {"host_type": "example.com"}, {"count": 5})
     assert GraphiteReporter().lines(merge([("1", store.snapshot())]), 10) == [
         "mongooseim.lookup.example_com.count 5 10"]
+
+
+# Batches
+
+
+def _batched_event() -> Any:
+    """An event with a sum of each kind and a histogram, and its batch for localhost."""
+    instrument.register("ev", ("host_type",), {"count": "spiral", "errors": "spiral",
+                                               "level": "counter", "size": "histogram"})
+    return instrument.batch("ev", HOST)
+
+
+def test_a_batch_sums_in_place_and_flushes_one_event_with_the_non_zero_sums(memory):
+    """Sums and histogram samples accumulate in the batch; a flush emits them as one
+    event, without the sums that are zero, and starts again from zero."""
+    batch = _batched_event()
+    assert instrument.batch("ev", {"host_type": "localhost"}) is batch
+    batch.sums["count"] += 1
+    batch.sums["count"] += 2
+    batch.sums["level"] -= 1  # a counter may go down: not zero, emitted
+    batch.observe("size", 10)
+    batch.observe("size", 100)
+    assert memory.events == []
+    instrument.process_registry.flush_batches()
+    [(name, labels, measurements)] = memory.events
+    assert (name, labels) == ("ev", HOST)
+    size = measurements.pop("size")
+    assert measurements == {"count": 3, "level": -1}
+    assert isinstance(size, registry_mod.Samples)
+    assert (size.count, size.sum) == (2, 110)
+    assert repr(size) == "Samples(count=2, sum=110)"
+    expected = [0] * (len(HISTOGRAM_BUCKETS) + 1)  # one per bound, then +Inf
+    expected[HISTOGRAM_BUCKETS.index(16.0)] = 1
+    expected[HISTOGRAM_BUCKETS.index(256.0)] = 1
+    assert size.buckets == expected
+    assert batch.sums == {"count": 0, "errors": 0, "level": 0}
+
+    # A sample of zero still counts: the histogram goes out alone.
+    batch.observe("size", 0)
+    instrument.process_registry.flush_batches()
+    [only] = memory.events[1:]
+    assert list(only[2]) == ["size"] and (only[2]["size"].count, only[2]["size"].sum) == (1, 0)
+
+
+def test_a_batch_with_nothing_to_report_emits_nothing(memory):
+    """No event for a second in which nothing happened, nor for sums back at zero."""
+    batch = _batched_event()
+    instrument.process_registry.flush_batches()
+    batch.sums["level"] += 1
+    batch.sums["level"] -= 1
+    instrument.process_registry.flush_batches()
+    assert memory.events == []
+
+
+def test_a_batch_takes_registered_sums_and_histograms_only():
+    """A gauge cannot be batched (a batch sums); a batch has a sum for each spiral and
+    counter and a histogram for each histogram metric, and nothing else: a wrong
+    metric raises KeyError where the code adds it."""
+    instrument.register("mixed", (), {"count": "spiral", "v": "gauge"})
+    with pytest.raises(InstrumentError, match="gauge"):
+        instrument.batch("mixed", {})
+    with pytest.raises(InstrumentError, match="not registered"):
+        instrument.batch("nope", {})
+    batch = _batched_event()
+    with pytest.raises(InstrumentError, match="labels"):
+        instrument.batch("ev", {"host": "x"})
+    with pytest.raises(KeyError):
+        batch.sums["size"] += 1  # a histogram: observe it
+    with pytest.raises(KeyError):
+        batch.observe("count", 1)  # a spiral: add to its sum
+    with pytest.raises(KeyError):
+        batch.sums["bytes"] += 1
+
+
+@pytest.mark.parametrize("with_memory", [False, True], ids=["store_alone", "store_and_memory"])
+def test_the_store_merges_samples_into_its_buckets(with_memory):
+    """The store adds a batch's Samples bucket by bucket: a value equal to a bound is in
+    that bucket, one above the last bound in +Inf, and the sum follows; single values
+    executed on the same series land in the same cells. Alone, the store's update is the
+    sink's emit (trusted_updates); with another handler it goes through the checks."""
+    store = MetricStore()
+    instrument.set_handlers([store, MemoryHandler()] if with_memory else [store])
+    batch = _batched_event()
+    assert (batch.sink.emit is batch.sink.calls[0][0]) is not with_memory
+    last = HISTOGRAM_BUCKETS[-1]
+    for value in (1, 4, 5, last, last + 1):
+        batch.observe("size", value)
+    batch.sums["count"] += 5
+    instrument.process_registry.flush_batches()
+    [[key, values]] = store.snapshot()["events"]["ev"]["series"]
+    assert key == ["localhost"]
+    expected = [0] * (len(HISTOGRAM_BUCKETS) + 2)
+    expected[0] = 1  # 1 <= 1
+    expected[1] = 1  # 4 <= 4
+    expected[2] = 1  # 4 < 5 <= 16
+    expected[len(HISTOGRAM_BUCKETS) - 1] = 1  # == the last bound
+    expected[len(HISTOGRAM_BUCKETS)] = 1  # +Inf
+    expected[-1] = 1 + 4 + 5 + last + last + 1
+    assert values == {"count": 5, "errors": 0, "level": 0, "size": expected}
+
+    batch.observe("size", 16)
+    instrument.process_registry.flush_batches()
+    instrument.execute("ev", HOST, {"size": 3})
+    [[_, values]] = store.snapshot()["events"]["ev"]["series"]
+    expected[2] += 1  # 16 <= 16
+    expected[1] += 1  # 3 <= 4
+    expected[-1] += 16 + 3
+    assert values["size"] == expected and values["count"] == 5
+    text = prometheus_text(merge([("1", store.snapshot())])).decode()
+    assert 'ev_size_count{host_type="localhost"} 7.0' in text
+    assert 'ev_size_bucket{host_type="localhost",le="+Inf"} 7.0' in text
+    assert 'ev_size_bucket{host_type="localhost",le="16.0"} 5.0' in text
+
+
+def test_remove_probes_flushes_the_batches_and_the_timer_comes_back_with_start(memory):
+    """The probes' owner stopping emits what the batches hold; the batch timer is armed
+    again when the probes start again."""
+    batch = _batched_event()
+    loop = FakeLoop()
+    instrument.start_probes(loop)
+    [timer] = loop.timers
+    batch.sums["count"] += 4
+    instrument.process_registry.remove_probes()
+    assert memory.events == [("ev", HOST, {"count": 4})]
+    assert timer.cancelled
+    again = FakeLoop()
+    instrument.start_probes(again)
+    assert [t.delay for t in again.timers] == [registry_mod.BATCH_INTERVAL]
+    batch.sums["count"] += 1
+    again.fire()
+    assert memory.events[1:] == [("ev", HOST, {"count": 1})]
+
+
+def test_the_batch_timer_runs_on_the_probes_loop(memory):
+    """One timer flushes every batch every BATCH_INTERVAL seconds, on the loop the
+    probes run on: armed by start_probes for batches made before, at once for the first
+    batch made after; each flush re-arms it; stop_probes cancels it."""
+    instrument.register("other", (), {"count": "spiral"})
+    instrument.register("g", (), {"v": "gauge"})
+    instrument.probe("g", {}, lambda: {"v": 1}, interval=15)
+    early = _batched_event()
+    loop = FakeLoop()
+    instrument.start_probes(loop)
+    assert sorted(t.delay for t in loop.timers) == [registry_mod.BATCH_INTERVAL, 15]
+    late = instrument.batch("other", {})
+    assert len(loop.timers) == 2  # one timer for all batches
+    early.sums["count"] += 2
+    late.sums["count"] += 3
+    loop.fire()
+    assert sorted((n, m["count"]) for n, _, m in memory.events if n != "g") == [
+        ("ev", 2), ("other", 3)]
+    memory.clear()
+    loop.fire()  # nothing happened since
+    assert [n for n, _, _ in memory.events] == ["g"]
+    assert sorted(t.delay for t in loop.timers) == [registry_mod.BATCH_INTERVAL, 15]
+    timers = list(loop.timers)
+    instrument.stop_probes()
+    assert all(t.cancelled for t in timers)
+
+
+def test_the_first_batch_on_a_started_registry_arms_the_timer(memory):
+    """With the probes started and no batch yet, the first batch arms the timer."""
+    loop = FakeLoop()
+    instrument.start_probes(loop)
+    assert loop.timers == []
+    batch = _batched_event()
+    assert [t.delay for t in loop.timers] == [registry_mod.BATCH_INTERVAL]
+    batch.sums["errors"] += 1
+    loop.fire()
+    assert memory.events == [("ev", HOST, {"errors": 1})]
+
+
+def test_run_probes_flushes_the_batches_too(memory):
+    """An on-demand run of the probes (a scrape) emits the batches' sums as well."""
+    batch = _batched_event()
+    batch.sums["count"] += 1
+    instrument.run_probes()
+    assert memory.events == [("ev", HOST, {"count": 1})]
+
+
+def test_a_debug_log_handler_logs_a_batch_once_per_flush(caplog):
+    """A log handler at debug writes one line per batch and flush, with the sums of the
+    interval; the histogram is its Samples (a JSON log line has its repr). A handler at
+    info does not want the (debug) event: the batch's sink has no call, and the session
+    skips the counting."""
+    from mongoose.logs import JsonFormatter
+
+    instrument.set_handlers([LogHandler("debug")])
+    batch = _batched_event()
+    for _ in range(3):
+        batch.sums["count"] += 1
+        batch.observe("size", 100)
+    with caplog.at_level(logging.DEBUG, logger="mongoose.instrument"):
+        instrument.process_registry.flush_batches()
+        instrument.process_registry.flush_batches()
+    (record,) = caplog.records
+    assert (record.what, record.host_type, record.count) == ("ev", "localhost", 3)
+    assert (record.size.count, record.size.sum) == (3, 300)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["size"] == "Samples(count=3, sum=300)" and line["count"] == 3
+
+    instrument.set_handlers([LogHandler("info")])
+    assert batch.sink.calls == ()
+    batch.sums["count"] += 1
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="mongoose.instrument"):
+        instrument.process_registry.flush_batches()
+    assert caplog.records == []
+
+
+def test_a_memory_handler_records_each_flush_s_own_samples(memory):
+    """A MemoryHandler gets the Samples object; later samples go into the batch's next
+    Samples, never into one already emitted."""
+    batch = _batched_event()
+    batch.observe("size", 2)
+    instrument.process_registry.flush_batches()
+    batch.observe("size", 2000)
+    batch.observe("size", 3000)
+    instrument.process_registry.flush_batches()
+    first, second = (m["size"] for _, _, m in memory.events)
+    assert isinstance(first, registry_mod.Samples) and isinstance(second, registry_mod.Samples)
+    assert (first.count, first.sum, first.buckets[1]) == (1, 2, 1)
+    assert (second.count, second.sum) == (2, 5000)
+    assert second.buckets[HISTOGRAM_BUCKETS.index(4096.0)] == 2 and second.buckets[1] == 0
 
 
 # Configuration

@@ -1,8 +1,10 @@
 """Authentication: who may log in, and how they prove it.
 
 - `mongoose.auth.scram`: SCRAM secrets, the only form in which passwords are stored.
-- `mongoose.auth.accounts`: the account store (`AccountStore`, `SqliteAccountStore`,
-  `open_store(config)`) and `normalize_user` for localparts.
+- `mongoose.auth.accounts`: the account store (`AccountStore`, implemented over any
+  database by `mongoose.storage.backends.accounts.SqlAccountStore`; `SqliteAccountStore`
+  for a file of its own; `open_store(config)` for the configured one) and
+  `normalize_user` for localparts.
 - `mongoose.auth.sasl`: the server side of SASL (PLAIN, SCRAM-SHA-*, -PLUS) for c2s
   streams, and `FailureThrottle` for failed logins.
 
@@ -15,6 +17,7 @@ from mongoose.auth.accounts import (
     AccountStore,
     InvalidUser,
     NoSuchAccount,
+    SqlAccountStore,
     SqliteAccountStore,
     normalize_user,
     open_store,
@@ -43,6 +46,7 @@ __all__ = [
     "NoSuchAccount",
     "SaslServer",
     "ScramSecret",
+    "SqlAccountStore",
     "SqliteAccountStore",
     "Step",
     "Success",

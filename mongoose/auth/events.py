@@ -16,17 +16,20 @@ event                  labels                  metrics
                                                or proof check (not the client's round
                                                trips). Logged at info.
 ``storage_query``      ``backend``,            ``count`` (spiral): one per call of a
-                       ``function``            public method of the account store, failed
+                       ``function``            public method of a storage backend, failed
                                                ones included; ``time`` (histogram, µs):
                                                the duration of each successful one.
-                                               ``backend`` is ``sqlite``, ``function``
-                                               the method (``get_secrets``, ``exists``,
-                                               ``register`` ...). Logged at debug.
+                                               ``backend`` is the interface
+                                               (``accounts`` for the account store),
+                                               ``function`` the method (``get_secrets``,
+                                               ``exists``, ``register`` ...). Logged at
+                                               debug. Registered and emitted by
+                                               :mod:`mongoose.storage.backends`.
 =====================  ======================  ==========================================
 
 The store's methods run on blocking threads (:mod:`otp.blocking`); metric stores are
 updated on the loop's thread only, so the store times a call where it runs and hands the
-emission to the loop (see :class:`mongoose.auth.accounts.SqliteAccountStore`).
+emission to the loop (see :mod:`mongoose.storage.backends`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from collections.abc import Iterable
 
 from mongoose import instrument
 from mongoose.instrument import Sink
+from mongoose.storage.backends import register_events as register_storage_events
 
 __all__ = ["authorize_sink", "register", "setup"]
 
@@ -44,7 +48,7 @@ TIMED = {"count": "spiral", "time": "histogram"}
 def register() -> None:
     """Register the events (idempotent: a second call with the same specs is a no-op)."""
     instrument.register("auth_authorize", ("host_type",), TIMED, log_level="info")
-    instrument.register("storage_query", ("backend", "function"), TIMED)
+    register_storage_events()
 
 
 register()

@@ -31,7 +31,10 @@ Security properties the session can rely on:
   'p' flag and the binding data of this very TLS connection.
 - The authorization identity may only be the user's own bare JID: this server has no
   proxy authorization (`invalid-authzid` otherwise).
-- Storage errors are `temporary-auth-failure`, never `not-authorized`.
+- Storage errors are `temporary-auth-failure` (RFC 6120 §6.5.12: try again later), never
+  `not-authorized`, and are logged (`sasl_store_error`; a traceback only for errors other
+  than `StorageUnavailable`, which a database outage makes common). The session does
+  not throttle them as a client's failed guess.
 
 PLAIN derives a key from the password (milliseconds of CPU, see `mongoose.auth.scram`);
 `run_blocking` (such as `otp.blocking.run`) moves that off the event loop. SCRAM's
@@ -69,6 +72,7 @@ from scramp.utils import ScramException, saslprep
 from mongoose.auth import events, scram
 from mongoose.auth.accounts import InvalidUser, normalize_user
 from mongoose.auth.scram import ScramSecret
+from mongoose.storage.database import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -286,9 +290,13 @@ class SaslServer:
             return None
         try:
             return await self._get_secrets(user)
-        except Exception:
-            log.warning("account store failed during SASL", exc_info=True,
-                        extra={"what": "sasl_store_error", "host": self.host})
+        except StorageUnavailable as error:  # the database is down: expected, no traceback
+            log.warning("account store unavailable during SASL", extra={
+                "what": "sasl_store_error", "host": self.host, "reason": str(error)})
+            raise _Fail("temporary-auth-failure") from None
+        except Exception as error:
+            log.error("account store failed during SASL", exc_info=True, extra={
+                "what": "sasl_store_error", "host": self.host, "reason": str(error)})
             raise _Fail("temporary-auth-failure") from None
 
     def _authorized(self, start_ns: int) -> None:

@@ -25,6 +25,9 @@ The model is MongooseIM 6.3's (``mongoose_instrument``):
 
 - ``prepared(name, labels)`` returns a :class:`Sink` whose ``emit(measurements)`` is the
   same as ``execute`` without the per-call label work: what per-stanza code holds.
+- ``batch(name, labels)`` returns a :class:`Batch` whose sums are added to in place
+  (``batch.sums["byte_size"] += n``, ``batch.observe("time", µs)``) and emitted as one
+  event every second: per-stanza and per-read events on the hot path.
 
 **Handlers** consume events, each enabled by its ``[instrumentation.*]`` table:
 
@@ -51,19 +54,43 @@ from typing import Any
 from mongoose.instrument.handlers import LogHandler, MemoryHandler
 from mongoose.instrument.registry import (
     METRIC_TYPES,
+    Batch,
     EventSpec,
     Handler,
     InstrumentError,
     Registry,
+    Samples,
     Sink,
 )
 from mongoose.instrument.store import MetricStore
 
 __all__ = [
-    "METRIC_TYPES", "EventSpec", "Handler", "InstrumentError", "LogHandler", "MemoryHandler",
-    "MetricStore", "Registry", "Sink", "execute", "handlers", "prepared", "probe",
-    "process_registry", "register", "reset", "run_probes", "set_handlers", "setup", "span",
-    "spec", "start_probes", "stop_probes",
+    "METRIC_TYPES",
+    "Batch",
+    "EventSpec",
+    "Handler",
+    "InstrumentError",
+    "LogHandler",
+    "MemoryHandler",
+    "MetricStore",
+    "Registry",
+    "Samples",
+    "Sink",
+    "batch",
+    "execute",
+    "handlers",
+    "prepared",
+    "probe",
+    "process_registry",
+    "register",
+    "reset",
+    "run_probes",
+    "set_handlers",
+    "setup",
+    "span",
+    "spec",
+    "start_probes",
+    "stop_probes",
 ]
 
 # This process's registry; the functions below are its bound methods, so a call costs no
@@ -74,6 +101,7 @@ register = process_registry.register
 spec = process_registry.spec
 execute = process_registry.execute
 prepared = process_registry.prepared
+batch = process_registry.batch
 span = process_registry.span
 probe = process_registry.probe
 run_probes = process_registry.run_probes

@@ -29,12 +29,14 @@ import asyncio
 import logging
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-__all__ = ["METRIC_TYPES", "EventSpec", "Handler", "InstrumentError", "Registry", "Sink"]
+__all__ = ["BATCH_INTERVAL", "HISTOGRAM_BUCKETS", "METRIC_TYPES", "Batch", "EventSpec",
+           "Handler", "InstrumentError", "Registry", "Samples", "Sink"]
 
 log = logging.getLogger("mongoose.instrument")
 
@@ -49,6 +51,8 @@ METRIC_TYPES = frozenset({"counter", "gauge", "spiral", "histogram"})
 _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 DEFAULT_PROBE_INTERVAL = 15
+# Seconds between two emissions of each Batch's sums.
+BATCH_INTERVAL = 1.0
 
 
 class InstrumentError(Exception):
@@ -94,34 +98,144 @@ class Sink:
 
     ``emit(measurements)`` checks the measurement keys (a programming error raises
     :class:`InstrumentError`), then calls each interested handler's update function; with
-    no handler it returns after one truth test. A handler that raises is logged and the
-    others still run.
+    no handler it returns at once, and ``calls`` is empty, so per-stanza code can skip
+    building the measurements. A handler that raises is logged and the others still run.
+
+    ``emit`` is not a method but a function stored on the sink, rebuilt whenever the
+    handlers change: with one handler it calls that handler's update directly, without
+    a loop. On the per-stanza path that saves a third of the cost of an event.
     """
 
-    __slots__ = ("calls", "labels", "metric_keys", "name")
+    __slots__ = ("calls", "emit", "labels", "metric_keys", "name")
 
     def __init__(self, name: str, labels: dict[str, Any], metric_keys: Any) -> None:
         self.name = name
         self.labels = labels
         self.metric_keys = metric_keys
         self.calls: tuple[tuple[Callable[[Mapping[str, Any]], None], Any], ...] = ()
+        self.emit: Callable[[Mapping[str, Any]], None] = _ignore
 
-    def emit(self, measurements: Mapping[str, Any]) -> None:
-        if not self.calls:
-            return
-        if not measurements.keys() <= self.metric_keys:
-            raise InstrumentError(
-                f"{self.name}: measurements {sorted(measurements.keys() - self.metric_keys)} "
-                f"are not registered metrics ({sorted(self.metric_keys)})")
-        for call, handler in self.calls:
-            try:
-                call(measurements)
-            except Exception:
-                log.exception(
-                    "instrument handler crashed",
-                    extra={"what": "instrument_handler_crashed", "event": self.name,
-                           "handler": type(handler).__name__},
-                )
+    def connect(self, calls: list[tuple[Callable[[Mapping[str, Any]], None], Any]]) -> None:
+        """Use these (update function, handler) pairs from now on."""
+        self.calls = tuple(calls)
+        keys = self.metric_keys
+        check = self._check
+        if not calls:
+            self.emit = _ignore
+        elif len(calls) == 1 and getattr(calls[0][1], "trusted_updates", False):
+            # The store's updates cannot fail for registered metrics, and for others
+            # they raise KeyError in the caller: the update is the emit.
+            self.emit = calls[0][0]
+        elif len(calls) == 1:
+            [(call, handler)] = calls
+
+            def emit_one(measurements: Mapping[str, Any]) -> None:
+                if not measurements.keys() <= keys:
+                    check(measurements)
+                try:
+                    call(measurements)
+                except Exception:
+                    self._crashed(handler)
+
+            self.emit = emit_one
+        else:
+            pairs = self.calls
+
+            def emit_all(measurements: Mapping[str, Any]) -> None:
+                if not measurements.keys() <= keys:
+                    check(measurements)
+                for call, handler in pairs:
+                    try:
+                        call(measurements)
+                    except Exception:
+                        self._crashed(handler)
+
+            self.emit = emit_all
+
+    def _check(self, measurements: Mapping[str, Any]) -> None:
+        raise InstrumentError(
+            f"{self.name}: measurements {sorted(measurements.keys() - self.metric_keys)} "
+            f"are not registered metrics ({sorted(self.metric_keys)})")
+
+    def _crashed(self, handler: Any) -> None:
+        log.exception(
+            "instrument handler crashed",
+            extra={"what": "instrument_handler_crashed", "event": self.name,
+                   "handler": type(handler).__name__},
+        )
+
+
+def _ignore(measurements: Mapping[str, Any]) -> None:
+    """A sink's ``emit`` while no handler wants its events."""
+
+
+# Histogram bucket upper bounds: powers of 4 from 1 to 2**30, for times in microseconds
+# (1 µs to about 18 minutes) and sizes in bytes alike. MongooseIM uses powers of 2 over
+# the same range; every second bound is enough for a latency graph and keeps pages small.
+HISTOGRAM_BUCKETS: tuple[float, ...] = tuple(float(4 ** i) for i in range(16))
+
+
+class Samples:
+    """Histogram samples already sorted into :data:`HISTOGRAM_BUCKETS`: what a
+    :class:`Batch` emits for a histogram metric instead of one value. ``buckets`` holds
+    one count per bound and a last one for larger values (not cumulative)."""
+
+    __slots__ = ("buckets", "sum")
+
+    def __init__(self, buckets: list[int], total: float) -> None:
+        self.buckets = buckets
+        self.sum = total
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets)
+
+    def __repr__(self) -> str:
+        return f"Samples(count={self.count}, sum={self.sum})"
+
+
+class Batch:
+    """An event with fixed labels whose measurements are summed in place and emitted
+    together every :data:`BATCH_INTERVAL` seconds (see :meth:`Registry.batch`).
+
+    For per-stanza and per-read events on the hot path, where emitting each one would
+    cost more than the work it measures: the caller adds to ``sums`` (``batch.sums[
+    "byte_size"] += n``, a tenth of an ``emit``) and calls :meth:`observe` for a
+    histogram sample; the registry's timer emits the sums that are not zero and, for each
+    histogram with samples, a :class:`Samples`. Handlers see one event per interval
+    with what happened in it, which is what a metric makes of the events anyway; a log
+    handler at debug logs that sum. Loop thread only.
+    """
+
+    __slots__ = ("histograms", "sink", "sums")
+
+    def __init__(self, sink: Sink, spec: EventSpec) -> None:
+        self.sink = sink
+        self.sums: dict[str, Any] = {m: 0 for m, kind in spec.metrics.items()
+                                     if kind in ("spiral", "counter")}
+        self.histograms: dict[str, list[Any]] = {
+            m: [0] * (len(HISTOGRAM_BUCKETS) + 2) for m, kind in spec.metrics.items()
+            if kind == "histogram"}
+
+    def observe(self, metric: str, value: float) -> None:
+        """Add one sample of histogram ``metric``."""
+        cells = self.histograms[metric]
+        cells[bisect_left(HISTOGRAM_BUCKETS, value)] += 1
+        cells[-1] += value
+
+    def flush(self) -> None:
+        measurements: dict[str, Any] = {}
+        sums = self.sums
+        for metric, value in sums.items():
+            if value:
+                measurements[metric] = value
+                sums[metric] = 0
+        for metric, cells in self.histograms.items():
+            if cells[-1] or any(cells[:-1]):
+                measurements[metric] = Samples(cells[:-1], cells[-1])
+                cells[:] = [0] * len(cells)
+        if measurements:
+            self.sink.emit(measurements)
 
 
 class Registry:
@@ -137,6 +251,9 @@ class Registry:
         # (event, *label values) -> Sink; bounded by the label values code uses (host
         # types, connection types, actor kinds), never by users or stanzas.
         self._sinks: dict[tuple[Any, ...], Sink] = {}
+        self._batches: dict[tuple[Any, ...], Batch] = {}
+        # Emits the batches' sums; a probe so that it runs on the probes' loop and timers.
+        self._batch_probe = _Probe("", {}, self.flush_batches, BATCH_INTERVAL)
         self._loop: Any = None
         self.probe_interval: float = DEFAULT_PROBE_INTERVAL
 
@@ -264,6 +381,30 @@ class Registry:
             self._connect(sink)
         return sink
 
+    def batch(self, name: str, labels: Mapping[str, Any]) -> Batch:
+        """The :class:`Batch` of event ``name`` with these labels (its metrics: spirals,
+        counters and histograms, no gauge). Batches are shared like sinks; the first one
+        starts the registry's flush timer (with the probes)."""
+        sink = self.prepared(name, labels)
+        key = (name, *map(labels.__getitem__, self._checks[name][0]))
+        found = self._batches.get(key)
+        if found is not None:
+            return found
+        spec = self._specs[name]
+        if "gauge" in spec.metrics.values():
+            raise InstrumentError(f"{name}: a gauge cannot be batched")
+        found = self._batches[key] = Batch(sink, spec)
+        if self._batch_probe not in self._probes:
+            self._probes.append(self._batch_probe)
+            if self._loop is not None:
+                self._schedule(self._batch_probe)
+        return found
+
+    def flush_batches(self) -> None:
+        """Emit every batch's pending sums now (the timer does it every second)."""
+        for batch in list(self._batches.values()):
+            batch.flush()
+
     def _connect(self, sink: Sink) -> None:
         """Give ``sink`` one update function per handler that wants its events."""
         spec = self._specs[sink.name]
@@ -284,7 +425,7 @@ class Registry:
                 continue
             if call is not None:
                 calls.append((call, handler))
-        sink.calls = tuple(calls)
+        sink.connect(calls)
 
     def span(self, name: str, labels: Mapping[str, Any], fn: Callable[..., Any], *args: Any,
              measure: Callable[[int, Any], Mapping[str, Any]] | None = None) -> Any:
@@ -331,9 +472,13 @@ class Registry:
             self._schedule(probe)
 
     def remove_probes(self) -> None:
-        """Stop and forget every probe (their owner stops)."""
+        """Stop and forget every probe (their owner stops). The batches' sums are emitted
+        first, and their timer comes back with the next start."""
+        self.flush_batches()
         self.stop_probes()
         self._probes.clear()
+        if self._batches:
+            self._probes.append(self._batch_probe)
 
     def run_probes(self) -> None:
         """Run every probe once, now."""
@@ -388,4 +533,6 @@ class Registry:
         self._specs.clear()
         self._checks.clear()
         self._sinks.clear()
+        self._batches.clear()
+        self._probes.clear()
         self.probe_interval = DEFAULT_PROBE_INTERVAL

@@ -29,22 +29,74 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mongoose.instrument.registry import EventSpec
+from mongoose.instrument.registry import HISTOGRAM_BUCKETS, EventSpec, Samples
 
 __all__ = ["HISTOGRAM_BUCKETS", "MetricStore", "Snapshot"]
-
-# Histogram bucket upper bounds: powers of 4 from 1 to 2**30, for times in microseconds
-# (1 µs to about 18 minutes) and sizes in bytes alike. MongooseIM uses powers of 2 over
-# the same range; every second bound is enough for a latency graph and keeps pages small.
-HISTOGRAM_BUCKETS: tuple[float, ...] = tuple(float(4 ** i) for i in range(16))
 
 # {"events": {event: {"labels": [keys], "metrics": {metric: type},
 #                     "series": [[[label values], {metric: value}], ...]}}}
 Snapshot = dict[str, Any]
 
 
+def _updater(values: dict[str, Any], kinds: Mapping[str, str]
+             ) -> Callable[[Mapping[str, Any]], None]:
+    """The function that applies measurements to one series' ``values``, specialised by
+    the metric types the event has: most events have sums only, and a per-metric type
+    test would cost as much as the addition."""
+    gauges = frozenset(m for m, kind in kinds.items() if kind == "gauge")
+    histograms = frozenset(m for m, kind in kinds.items() if kind == "histogram")
+    bounds = HISTOGRAM_BUCKETS
+    sum_index = len(HISTOGRAM_BUCKETS) + 1
+
+    if not gauges and not histograms:
+        def add(measurements: Mapping[str, Any]) -> None:
+            for metric, value in measurements.items():
+                values[metric] += value
+
+        return add
+    if not gauges:
+        def add_or_observe(measurements: Mapping[str, Any]) -> None:
+            for metric, value in measurements.items():
+                if metric in histograms:
+                    _observe(values[metric], value, bounds, sum_index)
+                else:
+                    values[metric] += value
+
+        return add_or_observe
+
+    def update(measurements: Mapping[str, Any]) -> None:
+        for metric, value in measurements.items():
+            if metric in gauges:
+                values[metric] = value
+            elif metric in histograms:
+                _observe(values[metric], value, bounds, sum_index)
+            else:
+                values[metric] += value
+
+    return update
+
+
+def _observe(cells: list[Any], value: Any, bounds: tuple[float, ...], sum_index: int) -> None:
+    """One sample, or a :class:`~mongoose.instrument.registry.Samples` of many."""
+    if value.__class__ is Samples:
+        for i, n in enumerate(value.buckets):
+            cells[i] += n
+        cells[sum_index] += value.sum
+    else:
+        cells[bisect_left(bounds, value)] += 1
+        cells[sum_index] += value
+
+
 class MetricStore:
-    """Current values of every metric of every registered event, for a snapshot."""
+    """Current values of every metric of every registered event, for a snapshot.
+
+    Its update functions only add to numbers and lists: they cannot fail for the
+    registered metrics, and raise ``KeyError`` for others. So a sink whose only handler
+    is the store calls the update directly (``trusted_updates``), without the key check
+    and the error guard of other handlers.
+    """
+
+    trusted_updates = True
 
     def __init__(self) -> None:
         self._specs: dict[str, EventSpec] = {}
@@ -67,23 +119,7 @@ class MetricStore:
                 metric: [0] * (len(HISTOGRAM_BUCKETS) + 2) if kind == "histogram" else 0
                 for metric, kind in spec.metrics.items()
             }
-        kinds = spec.metrics
-        bounds = HISTOGRAM_BUCKETS
-        sum_index = len(HISTOGRAM_BUCKETS) + 1
-
-        def update(measurements: Mapping[str, Any]) -> None:
-            for metric, value in measurements.items():
-                kind = kinds[metric]
-                if kind == "spiral" or kind == "counter":
-                    values[metric] += value
-                elif kind == "gauge":
-                    values[metric] = value
-                else:
-                    cells = values[metric]
-                    cells[bisect_left(bounds, value)] += 1
-                    cells[sum_index] += value
-
-        return update
+        return _updater(values, spec.metrics)
 
     def handle(self, name: str, labels: Mapping[str, Any],
                measurements: Mapping[str, Any]) -> None:

@@ -1,0 +1,266 @@
+-- Schema version 1 for SQLite (driver "sqlite", the embedded store: mongoose.db under
+-- general.data_dir). Applied by `mongoose db init`, or by the node itself at start
+-- (mongoose/storage/migrate.py), in one transaction; every statement is idempotent
+-- (IF NOT EXISTS): a store made before this schema existed (it had only users) keeps
+-- its accounts and gains the other tables.
+--
+-- The same tables, columns and defaults as pg.sql (see the notes there), in SQLite's
+-- types: TEXT, INTEGER, BLOB; BOOLEAN columns hold 0 and 1. Generated ids are
+-- INTEGER PRIMARY KEY AUTOINCREMENT (never reused, like a sequence); privacy_list
+-- therefore keeps (server, username, name) as a UNIQUE constraint instead of its
+-- primary key. created_at is CURRENT_TIMESTAMP's text (UTC). users is WITHOUT ROWID,
+-- as the account store created it before.
+--
+-- One block per table, between its "-- table:" and "-- end:" lines; pg.sql and
+-- cockroachdb.sql have the same blocks in the same order.
+
+-- table: schema_version ---------------------------------------------------------------
+-- Which migrations (mongoose/storage/migrate.py) this database has had.
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at INTEGER NOT NULL
+);
+-- end: schema_version
+
+-- table: users -----------------------------------------------------------------------
+-- Accounts. Only SCRAM secrets are kept, in pass_details; "password" stays empty.
+CREATE TABLE IF NOT EXISTS users (
+    username TEXT NOT NULL,
+    server TEXT NOT NULL,
+    password TEXT NOT NULL DEFAULT '',
+    pass_details TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (server, username)
+) WITHOUT ROWID;
+-- end: users
+
+-- table: rosterusers -----------------------------------------------------------------
+-- Roster items. subscription: B both, T to, F from, N none.
+-- ask: S subscribe, U unsubscribe, B both, O out, I in, N none.
+CREATE TABLE IF NOT EXISTS rosterusers (
+    server TEXT NOT NULL,
+    username TEXT NOT NULL,
+    jid TEXT NOT NULL,
+    nick TEXT NOT NULL DEFAULT '',
+    subscription CHAR(1) NOT NULL CHECK (subscription IN ('B', 'T', 'F', 'N')),
+    ask CHAR(1) NOT NULL CHECK (ask IN ('S', 'U', 'B', 'O', 'I', 'N')),
+    askmessage TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (server, username, jid)
+);
+-- end: rosterusers
+
+-- table: rostergroups ----------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS rostergroups (
+    server TEXT NOT NULL,
+    username TEXT NOT NULL,
+    jid TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    PRIMARY KEY (server, username, jid, grp)
+);
+-- end: rostergroups
+
+-- table: roster_version --------------------------------------------------------------
+-- XEP-0237 roster versioning: the current version string of each roster.
+CREATE TABLE IF NOT EXISTS roster_version (
+    server TEXT NOT NULL,
+    username TEXT NOT NULL,
+    version TEXT NOT NULL,
+    PRIMARY KEY (server, username)
+);
+-- end: roster_version
+
+-- table: offline_message -------------------------------------------------------------
+-- Messages for users who were offline; expire NULL: never.
+CREATE TABLE IF NOT EXISTS offline_message (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp INTEGER NOT NULL,
+    expire INTEGER,
+    server TEXT NOT NULL,
+    username TEXT NOT NULL,
+    from_jid TEXT NOT NULL,
+    packet TEXT NOT NULL,
+    permanent_fields BLOB
+);
+CREATE INDEX IF NOT EXISTS i_offline_message ON offline_message (server, username, id);
+-- end: offline_message
+
+-- table: mam_server_user -------------------------------------------------------------
+-- Archive owners: (server, user_name) -> the user_id of mam_message and mam_config.
+CREATE TABLE IF NOT EXISTS mam_server_user (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    server TEXT NOT NULL,
+    user_name TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS i_mam_server_user_name
+    ON mam_server_user (server, user_name);
+-- end: mam_server_user
+
+-- table: mam_message -----------------------------------------------------------------
+-- The archive (XEP-0313). id: the server-assigned 64-bit message id, unique within an
+-- archive. direction: I incoming (remote = from), O outgoing (remote = to).
+CREATE TABLE IF NOT EXISTS mam_message (
+    id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    from_jid TEXT NOT NULL,
+    remote_bare_jid TEXT NOT NULL,
+    remote_resource TEXT NOT NULL,
+    direction CHAR(1) NOT NULL CHECK (direction IN ('I', 'O')),
+    message BLOB NOT NULL,
+    search_body TEXT,
+    origin_id TEXT,
+    is_groupchat BOOLEAN NOT NULL,
+    PRIMARY KEY (user_id, id)
+);
+CREATE INDEX IF NOT EXISTS i_mam_message_username_jid_id
+    ON mam_message (user_id, remote_bare_jid, id);
+CREATE INDEX IF NOT EXISTS i_mam_message_username_jid_origin_id
+    ON mam_message (user_id, remote_bare_jid, origin_id);
+-- end: mam_message
+
+-- table: mam_config ------------------------------------------------------------------
+-- Archiving preferences (XEP-0441). remote_jid '' is the default; behaviour: A always,
+-- N never, R roster (only for the default).
+CREATE TABLE IF NOT EXISTS mam_config (
+    user_id INTEGER NOT NULL,
+    remote_jid TEXT NOT NULL,
+    behaviour CHAR(1) NOT NULL CHECK (behaviour IN ('A', 'N', 'R')),
+    PRIMARY KEY (user_id, remote_jid)
+);
+-- end: mam_config
+
+-- table: private_storage -------------------------------------------------------------
+-- XEP-0049 private XML storage, one element per namespace.
+CREATE TABLE IF NOT EXISTS private_storage (
+    server TEXT NOT NULL,
+    username TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (server, username, namespace)
+);
+-- end: private_storage
+
+-- table: vcard -----------------------------------------------------------------------
+-- XEP-0054 vCards, as XML text.
+CREATE TABLE IF NOT EXISTS vcard (
+    username TEXT NOT NULL,
+    server TEXT NOT NULL,
+    vcard TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (server, username)
+);
+-- end: vcard
+
+-- table: vcard_search ----------------------------------------------------------------
+-- XEP-0055 search fields of each vCard, with lower-cased copies (l*) to search on.
+-- "family" is quoted: it is a keyword in CockroachDB; quote it in queries too.
+CREATE TABLE IF NOT EXISTS vcard_search (
+    username TEXT NOT NULL,
+    lusername TEXT NOT NULL,
+    server TEXT NOT NULL,
+    fn TEXT NOT NULL,
+    lfn TEXT NOT NULL,
+    "family" TEXT NOT NULL,
+    lfamily TEXT NOT NULL,
+    given TEXT NOT NULL,
+    lgiven TEXT NOT NULL,
+    middle TEXT NOT NULL,
+    lmiddle TEXT NOT NULL,
+    nickname TEXT NOT NULL,
+    lnickname TEXT NOT NULL,
+    bday TEXT NOT NULL,
+    lbday TEXT NOT NULL,
+    ctry TEXT NOT NULL,
+    lctry TEXT NOT NULL,
+    locality TEXT NOT NULL,
+    llocality TEXT NOT NULL,
+    email TEXT NOT NULL,
+    lemail TEXT NOT NULL,
+    orgname TEXT NOT NULL,
+    lorgname TEXT NOT NULL,
+    orgunit TEXT NOT NULL,
+    lorgunit TEXT NOT NULL,
+    PRIMARY KEY (server, lusername)
+);
+CREATE INDEX IF NOT EXISTS i_vcard_search_lfn ON vcard_search (server, lfn);
+CREATE INDEX IF NOT EXISTS i_vcard_search_lfamily ON vcard_search (server, lfamily);
+CREATE INDEX IF NOT EXISTS i_vcard_search_lgiven ON vcard_search (server, lgiven);
+CREATE INDEX IF NOT EXISTS i_vcard_search_lmiddle ON vcard_search (server, lmiddle);
+CREATE INDEX IF NOT EXISTS i_vcard_search_lnickname ON vcard_search (server, lnickname);
+CREATE INDEX IF NOT EXISTS i_vcard_search_lbday ON vcard_search (server, lbday);
+CREATE INDEX IF NOT EXISTS i_vcard_search_lctry ON vcard_search (server, lctry);
+CREATE INDEX IF NOT EXISTS i_vcard_search_llocality ON vcard_search (server, llocality);
+CREATE INDEX IF NOT EXISTS i_vcard_search_lemail ON vcard_search (server, lemail);
+CREATE INDEX IF NOT EXISTS i_vcard_search_lorgname ON vcard_search (server, lorgname);
+CREATE INDEX IF NOT EXISTS i_vcard_search_lorgunit ON vcard_search (server, lorgunit);
+-- end: vcard_search
+
+-- table: last ------------------------------------------------------------------------
+-- XEP-0012 last activity: seconds since the epoch of the last logout, and its status.
+CREATE TABLE IF NOT EXISTS last (
+    server TEXT NOT NULL,
+    username TEXT NOT NULL,
+    seconds INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (server, username)
+);
+CREATE INDEX IF NOT EXISTS i_last_server_seconds ON last (server, seconds);
+-- end: last
+
+-- table: privacy_default_list --------------------------------------------------------
+-- XEP-0016: the name of each user's default privacy list.
+CREATE TABLE IF NOT EXISTS privacy_default_list (
+    server TEXT NOT NULL,
+    username TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (server, username)
+);
+-- end: privacy_default_list
+
+-- table: privacy_list ----------------------------------------------------------------
+-- XEP-0016 privacy lists (and XEP-0191 blocking, which is a privacy list).
+CREATE TABLE IF NOT EXISTS privacy_list (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    server TEXT NOT NULL,
+    username TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    UNIQUE (server, username, name)
+);
+-- end: privacy_list
+
+-- table: privacy_list_data -----------------------------------------------------------
+-- The items of a list, in ord order. t: the type (j jid, g group, s subscription,
+-- n none); action: a allow, d deny, b block (XEP-0191, the list "blocking"); match_*:
+-- which stanzas the item applies to.
+CREATE TABLE IF NOT EXISTS privacy_list_data (
+    id INTEGER NOT NULL REFERENCES privacy_list (id) ON DELETE CASCADE,
+    t CHAR(1) NOT NULL,
+    value TEXT NOT NULL,
+    action CHAR(1) NOT NULL,
+    ord INTEGER NOT NULL,
+    match_all BOOLEAN NOT NULL,
+    match_iq BOOLEAN NOT NULL,
+    match_message BOOLEAN NOT NULL,
+    match_presence_in BOOLEAN NOT NULL,
+    match_presence_out BOOLEAN NOT NULL,
+    PRIMARY KEY (id, ord)
+);
+-- end: privacy_list_data
+
+-- table: discovery_nodes -------------------------------------------------------------
+-- CETS discovery: the nodes of each cluster, with a node_num unique in the cluster.
+-- updated_timestamp is in seconds since the epoch; address '' means ask DNS.
+CREATE TABLE IF NOT EXISTS discovery_nodes (
+    cluster_name TEXT NOT NULL,
+    node_name TEXT NOT NULL,
+    node_num INTEGER NOT NULL,
+    address TEXT NOT NULL DEFAULT '',
+    updated_timestamp INTEGER NOT NULL,
+    PRIMARY KEY (node_name)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS i_discovery_nodes_node_num
+    ON discovery_nodes (cluster_name, node_num);
+-- end: discovery_nodes
