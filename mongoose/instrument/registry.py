@@ -454,14 +454,16 @@ class Registry:
             raise InstrumentError(f"{name}: a probe event has gauges only, not {others}")
         probe = _Probe(name, dict(labels), fn, interval)
         self._probes.append(probe)
-        loop = self._loop
-        if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return
-            self._loop = loop
-        self._schedule(probe)
+        if self._loop is not None:
+            self._schedule(probe)
+            return
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        for waiting in self._probes:  # the batches' timer too, if it was waiting
+            if waiting.timer is None:
+                self._schedule(waiting)
 
     def probe_callback(self, fn: Callable[[], None], interval: float | None = None) -> None:
         """Run ``fn()`` every ``interval`` seconds (None: ``probe_interval``); it emits its
