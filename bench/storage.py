@@ -4,8 +4,9 @@ accounts in PostgreSQL, each next to its baseline.
 Run from the repository root (the .venv of ``./dev test``: the PostgreSQL harness of the
 tests is reused, and it needs pytest)::
 
-    python bench/storage.py                     # both scenarios; about 6 min on 2 cores
+    python bench/storage.py                     # both scenarios; about 3 min on 2 cores
     python bench/storage.py archive             # only the archive inserts
+    python bench/storage.py archive --rate 1000 # latency at a given load, not the most
     python bench/storage.py login --login-users 2000
     python bench/storage.py archive --quick --stores sqlite,pgsql   # tests/test_bench_storage.py
     python bench/storage.py --pg-dsn "host=db port=5432 dbname=bench user=u password=p"
@@ -43,19 +44,35 @@ schema, run against PostgreSQL since no CockroachDB server can be installed here
   per statement and commit: what a server that wrote each message from its blocking pool
   (``--producers`` threads, default 8 like ``otp.blocking``) would do. Latency: the call.
 
+Without ``--rate`` the producers go as fast as they can (the batched ones as far as
+their window lets them): the highest rate, with the latency of a full queue. With
+``--rate R`` they are paced to R messages/s in all, which shows the latency at that load
+and what each mode costs the database for the same work.
+
 Messages are what the archive stores: a ~300-byte ``<message/>`` (body, origin-id,
 stanza-id) of one of ``--users`` owners with another of them (bare JID, a third of the
 time a full one), direction in or out, ids from one
 :class:`~mongoose.storage.backends.mam.MessageIdGenerator`. Every run starts from an
 empty archive (the bench owners' rows deleted, then ``VACUUM`` on PostgreSQL or a WAL
-checkpoint on SQLite) with the owners' archive ids already made. Runs are interleaved
-(each repeat: every store, batched then unbatched) and each figure is the median over
-``--repeat`` runs.
+checkpoint on SQLite) with the owners' archive ids already made, after one unrecorded
+warm-up run per store and mode (0.5 s: the pools open their connections). Runs are
+interleaved (each repeat: every store, batched then unbatched) and each figure is the
+median over ``--repeat`` runs. After each run the rows in the table are counted against
+the messages reported stored.
+
+Per store and mode: ``inserts_per_s`` (stored over the time from the first submit to
+the last resolution), ``latency_p50_ms``/``_p99_ms``/``_max_ms``, the rows per statement
+(``batch_mean``, ``batch_p50``, ``batch_max``), ``client_cpu_us_per_insert`` (the bench
+process: producers, writer and driver), ``server_cpu_us_per_insert`` (our PostgreSQL,
+backends included) and ``wal_syncs_per_1000`` (PostgreSQL's WAL fsyncs, pg_stat_wal),
+``failed``, and every run in ``runs``; per store ``batched_vs_unbatched`` (the ratio of
+the medians) and its value per repeat.
 
 login
 -----
 Our node, started as ``bench/compare.py`` starts it (its ``Mongoose`` server class, the
-config ``bench/peers/mongoose.toml``: two workers, plain TCP on 5522), once with
+config ``bench/peers/mongoose.toml``: two workers, plain TCP; free ports instead of
+compare.py's, so that both can run at once), once with
 ``[auth] methods = ["rdbms"]`` and the PostgreSQL pool as
 ``[outgoing_pools.rdbms.default]`` (schema by ``mongoose db init``, accounts by
 ``mongoose account bulk-register`` with that config), once with the embedded SQLite
@@ -64,7 +81,12 @@ store (``"internal"``). Then ``bench/xmppload.py connect --login-rate 0`` logs
 ``--repeat`` runs per store, interleaved. PLAIN by default: the server derives each
 login's SCRAM secret with the account's iteration count (``--iterations``, 4096 as
 ``compare.py``), which is most of a login's CPU; the store's part is one ``SELECT`` of
-the secrets.
+the secrets. ``--iterations 1`` makes the derivation nearly free, so that the store's
+share shows. Per store: ``login_rate_per_s`` (median), ``server_cpu_ms_per_login`` (the
+node's processes), ``db_cpu_ms_per_login`` (our PostgreSQL), ``accounts`` (how fast
+bulk-register wrote them), ``runs``; ``pgsql_vs_sqlite`` and its value per repeat. The
+generator's output is kept under ``--results`` (default
+``bench/results/storage-TIMESTAMP/``), with each node's run directory.
 """
 
 from __future__ import annotations
@@ -79,6 +101,7 @@ import platform
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -337,7 +360,8 @@ def packet_bytes(users: int, samples: int = 1000) -> float:
     return statistics.mean(len(messages.make().packet) for _ in range(samples))
 
 
-def reset_archive(store: Store, archive: RecordingArchive, users: int) -> None:
+def reset_archive(store: Store, archive: RecordingArchive, users: int,
+                  compact: bool = True) -> None:
     """Delete the bench owners' messages; make their archive ids; compact."""
     ids = [archive.archive_id(f"u{i}", ARCHIVE_HOST) for i in range(1, users + 1)]
     db = store.db
@@ -345,9 +369,9 @@ def reset_archive(store: Store, archive: RecordingArchive, users: int) -> None:
         chunk = ids[start:start + 500]
         db.execute(f"DELETE FROM mam_message WHERE user_id IN ({', '.join('?' * len(chunk))})",
                    chunk)
-    if store.name == "sqlite":
+    if compact and store.name == "sqlite":
         db.query("PRAGMA wal_checkpoint(TRUNCATE)")
-    else:
+    elif compact:
         with contextlib.suppress(StorageError):
             db.execute("VACUUM mam_message")
     archive.sizes.clear()
@@ -571,7 +595,11 @@ def cmd_archive(args: argparse.Namespace, dbs: Databases) -> dict[str, Any]:
                 for b, u in zip(runs[name]["batched"], runs[name]["unbatched"], strict=True)]
         return out
     finally:
-        for store in stores.values():
+        for name, store in stores.items():
+            with contextlib.suppress(StorageError, KeyError):  # leave no bench rows behind
+                reset_archive(store, archives[name], args.users, compact=False)
+                store.db.execute("DELETE FROM mam_server_user WHERE server = ?",
+                                 (ARCHIVE_HOST,))
             store.db.close()
 
 
@@ -616,14 +644,22 @@ class StoreNode(compare.Mongoose):
 
     def write_config(self) -> None:
         super().write_config()
+        # Free ports and a name of its own, so that a compare.py run (or another bench
+        # built on it) going on at the same time does not collide with this node.
+        self.plain_port, self.tls_port = free_port(), free_port()
         path = self.run_dir / "mongoose.toml"
         text = path.read_text()
-        internal = 'methods = ["internal"]'
-        if internal not in text:
-            raise BenchError(f"{compare.PEERS / 'mongoose.toml'} has no `{internal}` to "
-                             "replace")
-        path.write_text(text.replace(internal, f'methods = ["{self.method}"]')
-                        + self.pool_toml)
+        for old, new in (('methods = ["internal"]', f'methods = ["{self.method}"]'),
+                         ("port = 5522", f"port = {self.plain_port}"),
+                         ("port = 5523", f"port = {self.tls_port}"),
+                         ("port = 5529", f"port = {free_port()}"),
+                         ('node_name = "compare@localhost"',
+                          'node_name = "storage-bench@localhost"')):
+            if old not in text:
+                raise BenchError(f"{compare.PEERS / 'mongoose.toml'} has no `{old}` to "
+                                 "replace")
+            text = text.replace(old, new)
+        path.write_text(text + self.pool_toml)
 
     def create_accounts(self) -> str:
         if self.method == "rdbms":
@@ -632,6 +668,12 @@ class StoreNode(compare.Mongoose):
                            stdout=subprocess.DEVNULL)
         with mock.patch.object(compare, "ITERATIONS", self.iterations):
             return super().create_accounts()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def pool_toml(params: PgParams, workers: int) -> str:
@@ -721,6 +763,9 @@ def cmd_login(args: argparse.Namespace, dbs: Databases, results: Path) -> dict[s
         }
     out["pgsql_vs_sqlite"] = ratio(out["pgsql"]["login_rate_per_s"],
                                    out["sqlite"]["login_rate_per_s"])
+    out["pgsql_vs_sqlite_runs"] = [  # each repeat's pair ran back to back
+        ratio(p["login_rate_per_s"], q["login_rate_per_s"])
+        for p, q in zip(runs["pgsql"], runs["sqlite"], strict=True)]
     return out
 
 
@@ -735,7 +780,8 @@ def login_table(out: dict[str, Any]) -> str:
             compare._fmt(f["server_cpu_ms_per_login"], 2),
             compare._fmt(f["db_cpu_ms_per_login"], 3), compare._fmt(f["logins_failed"]),
             compare._fmt(f["accounts"].get("per_s"))])
-    rows.append(["PostgreSQL/SQLite", compare._fmt(out["pgsql_vs_sqlite"], 2), "", "", "", "",
+    rows.append(["PostgreSQL/SQLite", compare._fmt(out["pgsql_vs_sqlite"], 2),
+                 " ".join(compare._fmt(r, 2) for r in out["pgsql_vs_sqlite_runs"]), "", "", "",
                  ""])
     return compare.table(["accounts in", "logins/s", "runs", "node CPU ms/login",
                           "PostgreSQL CPU ms/login", "failed", "accounts registered/s"], rows)

@@ -15,8 +15,10 @@ one server, shared with other tests: every test that stops it starts it again in
 from __future__ import annotations
 
 import base64
+import logging
 import queue
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,8 +32,12 @@ from pg_harness import PgServer
 from xmpp_client import Client, ClientLoop
 from xmpp_harness import DOMAIN, PASSWORD, RawClient, raw_authenticate, xmpp_node_with
 
+from mongoose import config
 from mongoose.auth.accounts import SqlAccountStore
+from mongoose.storage import StorageUnavailable, migrate
 from mongoose.storage.pg import PgDatabase
+from mongoose.storage.pools import BackgroundDatabase
+from mongoose.storage.sqlite import SqliteDatabase
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -112,6 +118,20 @@ def events_so_far(node: MongooseNode) -> list[dict[str, Any]]:
             return list(node.seen)
 
 
+def matching(node: MongooseNode, what: str, **fields: Any) -> list[dict[str, Any]]:
+    return [e for e in events_so_far(node) if e.get("what") == what
+            and all(e.get(k) == v for k, v in fields.items())]
+
+
+def wait_events(node: MongooseNode, what: str, count: int, timeout: float = 30.0,
+                **fields: Any) -> list[dict[str, Any]]:
+    """The node's first ``count`` log events ``what`` with these fields, waited for."""
+    found = wait_until(lambda: len(matching(node, what, **fields)) >= count,
+                       timeout=timeout, what=f"{count} {what} {fields}")
+    assert found
+    return matching(node, what, **fields)[:count]
+
+
 def no_restarts(node: MongooseNode) -> None:
     """Each worker came up once, and no supervisor restarted anything."""
     events = events_so_far(node)
@@ -121,6 +141,28 @@ def no_restarts(node: MongooseNode) -> None:
         "supervisor_child_restarted", "supervisor_child_start_failed",
         "supervisor_intensity_exceeded")]
     assert not restarts, restarts
+
+
+def wait_reachable(sender: Client, target: Client) -> None:
+    """Wait until headlines from ``sender`` reach ``target``: the session table is
+    replicated between workers, and the sender's worker may learn of a new session a
+    moment late. Headlines never bounce; one probe every 0.2 s at most."""
+    probes = 0
+
+    def arrived() -> bool:
+        return any(b.startswith("probe") for b in target.bodies())
+
+    def reachable() -> bool:
+        nonlocal probes
+        probes += 1
+        sender.send_message(target.jid, f"probe{probes}", mtype="headline")
+        try:
+            wait_until(arrived, timeout=0.2)
+        except AssertionError:
+            return False
+        return True
+
+    wait_until(reachable, timeout=20, what=f"{target.jid} reachable from {sender.jid}")
 
 
 def login(node: MongooseNode, loop: ClientLoop, clients: list[Client], jid: str) -> Client:
@@ -157,9 +199,9 @@ def rdbms_node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     pg_server.start()  # in case a test before this module left it stopped
     dbname = pg_server.fresh_database(driver, "storage_faults_node")
     register(pg_server, dbname, driver, (*USERS, SQL_USER, *QUOTED_USERS))
-    node = xmpp_node_with(tmp_path_factory.mktemp(f"faults_{driver}"), f"faults_{driver}@localhost",
-                          test_node.keys_file, workers=WORKERS, users=(),
-                          auth_toml=rdbms_toml(pg_server, dbname, driver))
+    node = xmpp_node_with(tmp_path_factory.mktemp(f"faults_{driver}"),
+                          f"faults_{driver}@localhost", test_node.keys_file, workers=WORKERS,
+                          users=(), auth_toml=rdbms_toml(pg_server, dbname, driver))
     node.driver = driver  # type: ignore[attr-defined]
     node.dbname = dbname  # type: ignore[attr-defined]
     yield node
@@ -194,6 +236,8 @@ def test_database_lost_while_running(rdbms_node, loop, clients, pg_server):
     port = node.c2s_port
     alice = login(node, loop, clients, f"alice@{DOMAIN}/lost")
     bob = login(node, loop, clients, f"bob@{DOMAIN}/lost")
+    wait_reachable(alice, bob)
+    wait_reachable(bob, alice)
     alice.send_message(bob.jid, "before")
     wait_until(lambda: "before" in bob.bodies(), timeout=10, what="the first message")
     try:
@@ -201,12 +245,11 @@ def test_database_lost_while_running(rdbms_node, loop, clients, pg_server):
         for mechanism in ("PLAIN", "SCRAM-SHA-256"):
             reply = sasl_reply(port, "carol", mechanism=mechanism)
             assert b"<temporary-auth-failure/>" in reply, (mechanism, reply)
-        failure = node.wait_for("c2s_auth_failed", condition="temporary-auth-failure")
-        assert failure["failures"] == 1
-        logged = node.wait_for("sasl_store_error")
+        failures = wait_events(node, "c2s_auth_failed", 2, condition="temporary-auth-failure")
+        assert [f["failures"] for f in failures] == [1, 1], failures
+        [logged, _] = wait_events(node, "sasl_store_error", 2)
         assert logged["level"] == "warning" and "traceback" not in logged, logged
-        assert "outgoing_pools.rdbms.default" in logged["reason"] or "cannot connect" in \
-            logged["reason"], logged
+        assert logged["reason"].startswith(f"{node.driver} at 127.0.0.1:"), logged
 
         alice.send_message(bob.jid, "during")
         bob.send_message(alice.jid, "during too")
@@ -233,6 +276,7 @@ def test_database_lost_while_running(rdbms_node, loop, clients, pg_server):
     # Each worker's pool reconnects on its own, within a second or two of the restart
     # (max_start_interval = 1); until then a login there still fails temporarily.
     carol = login_when_up(node, loop, clients, f"carol@{DOMAIN}/after")
+    wait_reachable(alice, carol)
     alice.send_message(carol.jid, "after")
     wait_until(lambda: "after" in carol.bodies(), timeout=10, what="a message after")
     assert not alice.disconnected.is_set() and not bob.disconnected.is_set()
@@ -245,7 +289,8 @@ def test_node_started_while_the_database_is_down(driver, tmp_path, test_node, pg
     """A node started with PostgreSQL down: each worker logs rdbms_connect_failed
     naming the pool and the address and tries again with backoff, the workers stay up
     (no restarts), the node answers logins with temporary-auth-failure; once
-    PostgreSQL starts, the workers open the database and logins succeed."""
+    PostgreSQL starts, the workers open the database and logins succeed. (pgsql only:
+    the opening is the same for both drivers, and the lost-database test runs both.)"""
     pg_server.start()
     dbname = pg_server.fresh_database(driver, "storage_faults_start")
     register(pg_server, dbname, driver, USERS)
@@ -257,22 +302,22 @@ def test_node_started_while_the_database_is_down(driver, tmp_path, test_node, pg
                               workers=WORKERS, users=(),
                               auth_toml=rdbms_toml(pg_server, dbname, driver))
         port = node.c2s_port  # type: ignore[attr-defined]
-        for worker in range(1, WORKERS + 1):
-            failed = node.wait_for("rdbms_connect_failed", worker=worker, attempt=1)
-            assert failed["pool"] == "default"
-            assert failed["address"].startswith(address), failed
-            assert failed["msg"].startswith("outgoing_pools.rdbms.default: cannot connect "
-                                            f"to {address}"), failed
-        # Retried, with backoff, by the same workers (no new processes).
-        for worker in range(1, WORKERS + 1):
-            node.wait_for("rdbms_connect_failed", worker=worker, attempt=3, timeout=20)
+        # One first attempt per worker process (a restarted worker would log another),
+        # naming the pool and the address; then retries, a second apart.
+        firsts = wait_events(node, "rdbms_connect_failed", WORKERS, attempt=1)
+        for failed in firsts:
+            assert failed["pool"] == "default" and failed["address"].startswith(address)
+            assert failed["msg"].startswith(
+                f"outgoing_pools.rdbms.default: cannot connect to {address}"), failed
+            assert failed["level"] == "warning" and failed["retry_in"] == 1, failed
+        wait_events(node, "rdbms_connect_failed", WORKERS, attempt=3)
         reply = sasl_reply(port, "alice")
         assert b"<temporary-auth-failure/>" in reply, reply
         no_restarts(node)
 
         pg_server.start()
-        for worker in range(1, WORKERS + 1):
-            node.wait_for("rdbms_ready", worker=worker, timeout=30)
+        wait_events(node, "rdbms_ready", WORKERS)
+        assert len(matching(node, "rdbms_connect_failed", attempt=1)) == WORKERS
         alice = login(node, loop, clients, f"alice@{DOMAIN}/up")
         assert alice.jid == f"alice@{DOMAIN}/up"
         no_restarts(node)
@@ -280,3 +325,80 @@ def test_node_started_while_the_database_is_down(driver, tmp_path, test_node, pg
         pg_server.start()
         if node is not None:
             node.kill()
+
+
+# BackgroundDatabase on its own (no node): the opening is injected.
+
+
+def pool_config(tmp_path) -> config.Config:
+    return config.loads(
+        f'[general]\ndata_dir = "{tmp_path}"\n[auth]\nmethods = ["rdbms"]\n'
+        "[outgoing_pools.rdbms.default.connection]\n"
+        'driver = "pgsql"\nhost = "127.0.0.1"\nport = 1\ndatabase = "mim"\n'
+        'username = "mongoose"\nmax_start_interval = 1\n')
+
+
+@pytest.mark.timeout(30)
+def test_a_background_database_fails_fast_until_open_then_serves(tmp_path, caplog):
+    """Calls made before the database is open raise StorageUnavailable naming the pool
+    and the address; a schema that is behind is logged and checked again; once open,
+    calls reach the database; close closes it."""
+    release = threading.Event()
+    schema_checks = []
+
+    def opener(cfg, *, wait, sleep):
+        assert wait is None  # a worker waits for its database without a bound
+        while not release.is_set():
+            sleep(0.01)  # a failed attempt, then the pause before the next
+        db = SqliteDatabase(tmp_path / "real.db")
+        migrate.init(db)
+        return db
+
+    def ensure(db):
+        schema_checks.append(db)
+        if len(schema_checks) == 1:
+            raise migrate.SchemaError("schema version 0 (latest 1): run `mongoose db init`")
+        return migrate.ensure(db)
+
+    caplog.set_level(logging.INFO, logger="mongoose.storage.pools")
+    db = BackgroundDatabase(pool_config(tmp_path), opener=opener, ensure=ensure).start()
+    try:
+        assert db.wait_settled(10) and not db.ready
+        with pytest.raises(StorageUnavailable, match=r"^outgoing_pools\.rdbms\.default: "
+                           r"pgsql at 127\.0\.0\.1:1/mim as mongoose: not connected yet"):
+            db.query("SELECT 1")
+        store = SqlAccountStore(db, iterations=4096)
+        with pytest.raises(StorageUnavailable):
+            store.get_secrets("alice", "localhost")
+        release.set()
+        assert db.wait_ready(10)
+        assert len(schema_checks) == 2
+        [logged] = [r for r in caplog.records if getattr(r, "what", "") == "rdbms_schema_error"]
+        assert logged.levelname == "ERROR" and "mongoose db init" in logged.getMessage()
+        store.register("alice", "localhost", PASSWORD)
+        assert store.exists("alice", "localhost")
+        assert db.transaction(lambda tx: tx.query("SELECT COUNT(*) FROM users")) == [(1,)]
+    finally:
+        db.close()
+    with pytest.raises(StorageUnavailable, match="closed"):
+        db.query("SELECT 1")
+
+
+@pytest.mark.timeout(30)
+def test_closing_a_background_database_ends_its_opening(tmp_path):
+    """close() while the database is still unreachable ends the opening thread at its
+    next pause; nothing is opened afterwards."""
+    attempts = []
+
+    def opener(cfg, *, wait, sleep):
+        while True:
+            attempts.append(1)
+            sleep(0.05)
+
+    db = BackgroundDatabase(pool_config(tmp_path), opener=opener).start()
+    assert db.wait_settled(10)
+    db.close()
+    db._thread.join(10)
+    assert not db._thread.is_alive() and not db.ready
+    with pytest.raises(StorageUnavailable, match="closed"):
+        db.execute("SELECT 1")

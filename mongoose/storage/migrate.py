@@ -23,8 +23,10 @@ Status (:func:`status`, ``mongoose db status``)
     The current version (0: no schema yet) against :data:`LATEST`, read without
     changing anything. :func:`ensure` is what a node runs at start: the embedded SQLite
     store initialises itself (no setup); on PostgreSQL and CockroachDB the operator runs
-    ``mongoose db init`` (the node's database role need not be allowed DDL), and a node
-    whose database is behind refuses to start with :class:`SchemaError` saying so.
+    ``mongoose db init`` (the node's database role need not be allowed DDL); a database
+    that is behind raises :class:`SchemaError` saying so, which a node's worker logs
+    (``rdbms_schema_error``) and checks again until the schema is there, its storage
+    unavailable meanwhile (:mod:`mongoose.storage.pools`).
 """
 
 from __future__ import annotations
