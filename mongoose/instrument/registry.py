@@ -102,8 +102,7 @@ class Sink:
     building the measurements. A handler that raises is logged and the others still run.
 
     ``emit`` is not a method but a function stored on the sink, rebuilt whenever the
-    handlers change: with one handler it calls that handler's update directly, without
-    a loop. On the per-stanza path that saves a third of the cost of an event.
+    handlers change: with the metric store alone it is the store's update itself.
     """
 
     __slots__ = ("calls", "emit", "labels", "metric_keys", "name")
@@ -126,18 +125,6 @@ class Sink:
             # The store's updates cannot fail for registered metrics, and for others
             # they raise KeyError in the caller: the update is the emit.
             self.emit = calls[0][0]
-        elif len(calls) == 1:
-            [(call, handler)] = calls
-
-            def emit_one(measurements: Mapping[str, Any]) -> None:
-                if not measurements.keys() <= keys:
-                    check(measurements)
-                try:
-                    call(measurements)
-                except Exception:
-                    self._crashed(handler)
-
-            self.emit = emit_one
         else:
             pairs = self.calls
 
@@ -194,6 +181,18 @@ class Samples:
         return f"Samples(count={self.count}, sum={self.sum})"
 
 
+def add_sample(cells: list[Any], value: Any) -> None:
+    """Add one histogram sample, or a :class:`Samples` of many, to ``cells``: a count per
+    bucket of :data:`HISTOGRAM_BUCKETS`, one for larger values, and the sum last."""
+    if value.__class__ is Samples:
+        for i, n in enumerate(value.buckets):
+            cells[i] += n
+        cells[-1] += value.sum
+    else:
+        cells[bisect_left(HISTOGRAM_BUCKETS, value)] += 1
+        cells[-1] += value
+
+
 class Batch:
     """An event with fixed labels whose measurements are summed in place and emitted
     together every :data:`BATCH_INTERVAL` seconds (see :meth:`Registry.batch`).
@@ -218,7 +217,8 @@ class Batch:
             if kind == "histogram"}
 
     def observe(self, metric: str, value: float) -> None:
-        """Add one sample of histogram ``metric``."""
+        """Add one sample of histogram ``metric`` (add_sample's single-value case,
+        inlined: this runs per stanza)."""
         cells = self.histograms[metric]
         cells[bisect_left(HISTOGRAM_BUCKETS, value)] += 1
         cells[-1] += value
@@ -349,44 +349,38 @@ class Registry:
             if name not in self._checks:
                 raise InstrumentError(f"event {name!r} is not registered")
             return
-        try:
-            label_keys, _ = self._checks[name]
-        except KeyError:
-            raise InstrumentError(f"event {name!r} is not registered") from None
-        if labels.keys() != label_keys:
-            raise InstrumentError(
-                f"{name}: labels {sorted(labels)}, registered {sorted(label_keys)}")
-        key = (name, *map(labels.__getitem__, label_keys))
-        sink = self._sinks.get(key)
-        if sink is None:
-            sink = self.prepared(name, labels)
-        sink.emit(measurements)
+        self.prepared(name, labels).emit(measurements)
 
     def prepared(self, name: str, labels: Mapping[str, Any]) -> Sink:
         """The :class:`Sink` of event ``name`` with these labels: ``sink.emit(m)`` is
         ``execute(name, labels, m)`` without the label checks and lookups, for code that
         emits the same event with the same labels often (a session's per-stanza events).
         Sinks are shared (one per event and label values) and follow handler changes."""
-        label_keys, metric_keys = self._checks.get(name, (None, None))
+        key = self._key(name, labels)
+        sink = self._sinks.get(key)
+        if sink is None:
+            label_keys, metric_keys = self._checks[name]
+            sink = self._sinks[key] = Sink(name, {k: labels[k] for k in label_keys},
+                                           metric_keys)
+            self._connect(sink)
+        return sink
+
+    def _key(self, name: str, labels: Mapping[str, Any]) -> tuple[Any, ...]:
+        """(event, *label values in registration order), after checking both."""
+        label_keys = self._checks.get(name, (None,))[0]
         if label_keys is None:
             raise InstrumentError(f"event {name!r} is not registered")
         if labels.keys() != label_keys:
             raise InstrumentError(
                 f"{name}: labels {sorted(labels)}, registered {sorted(label_keys)}")
-        key = (name, *map(labels.__getitem__, label_keys))
-        sink = self._sinks.get(key)
-        if sink is None:
-            sink = self._sinks[key] = Sink(name, {k: labels[k] for k in label_keys},
-                                           metric_keys)
-            self._connect(sink)
-        return sink
+        return (name, *map(labels.__getitem__, label_keys))
 
     def batch(self, name: str, labels: Mapping[str, Any]) -> Batch:
         """The :class:`Batch` of event ``name`` with these labels (its metrics: spirals,
         counters and histograms, no gauge). Batches are shared like sinks; the first one
         starts the registry's flush timer (with the probes)."""
         sink = self.prepared(name, labels)
-        key = (name, *map(labels.__getitem__, self._checks[name][0]))
+        key = self._key(name, labels)
         found = self._batches.get(key)
         if found is not None:
             return found

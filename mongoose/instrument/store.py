@@ -25,11 +25,10 @@ thread, which is also where :meth:`snapshot` runs (the worker's instrument actor
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mongoose.instrument.registry import HISTOGRAM_BUCKETS, EventSpec, Samples
+from mongoose.instrument.registry import HISTOGRAM_BUCKETS, EventSpec, add_sample
 
 __all__ = ["HISTOGRAM_BUCKETS", "MetricStore", "Snapshot"]
 
@@ -40,51 +39,20 @@ Snapshot = dict[str, Any]
 
 def _updater(values: dict[str, Any], kinds: Mapping[str, str]
              ) -> Callable[[Mapping[str, Any]], None]:
-    """The function that applies measurements to one series' ``values``, specialised by
-    the metric types the event has: most events have sums only, and a per-metric type
-    test would cost as much as the addition."""
+    """The function that applies measurements to one series' ``values``."""
     gauges = frozenset(m for m, kind in kinds.items() if kind == "gauge")
     histograms = frozenset(m for m, kind in kinds.items() if kind == "histogram")
-    bounds = HISTOGRAM_BUCKETS
-    sum_index = len(HISTOGRAM_BUCKETS) + 1
-
-    if not gauges and not histograms:
-        def add(measurements: Mapping[str, Any]) -> None:
-            for metric, value in measurements.items():
-                values[metric] += value
-
-        return add
-    if not gauges:
-        def add_or_observe(measurements: Mapping[str, Any]) -> None:
-            for metric, value in measurements.items():
-                if metric in histograms:
-                    _observe(values[metric], value, bounds, sum_index)
-                else:
-                    values[metric] += value
-
-        return add_or_observe
 
     def update(measurements: Mapping[str, Any]) -> None:
         for metric, value in measurements.items():
             if metric in gauges:
                 values[metric] = value
             elif metric in histograms:
-                _observe(values[metric], value, bounds, sum_index)
+                add_sample(values[metric], value)
             else:
                 values[metric] += value
 
     return update
-
-
-def _observe(cells: list[Any], value: Any, bounds: tuple[float, ...], sum_index: int) -> None:
-    """One sample, or a :class:`~mongoose.instrument.registry.Samples` of many."""
-    if value.__class__ is Samples:
-        for i, n in enumerate(value.buckets):
-            cells[i] += n
-        cells[sum_index] += value.sum
-    else:
-        cells[bisect_left(bounds, value)] += 1
-        cells[sum_index] += value
 
 
 class MetricStore:
