@@ -78,7 +78,7 @@ from lxml import etree
 
 import otp
 from mongoose import c2s_events as events
-from mongoose import iq, router, sm
+from mongoose import iq, router, sm, trace
 from mongoose import packet as packet_mod
 from mongoose.hooks import hooks
 from mongoose.packet import Packet
@@ -232,6 +232,7 @@ class C2S(otp.LoopActor):
         self.ping_id: str | None = None
         self.ping_timer: otp.Ref | None = None
         self.last_heard = time.monotonic()
+        self.tracers: list[otp.Pid] | None = None  # shell trace collectors (mongoose.trace)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -246,6 +247,15 @@ class C2S(otp.LoopActor):
         if not self.closed:
             self._close_with_error("system-shutdown", None)
         self._end_session("stopped")
+
+    def release(self) -> None:
+        # Also after an untrappable kill (no on_stop): the client must not be left
+        # connected to a dead actor, nor the session table name it.
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+        self._end_session("killed")
 
     def handle_exit(self, pid: Any, reason: Any) -> Any:
         return None  # linked only to our supervisor, whose exit is handled by LoopActor
@@ -266,6 +276,12 @@ class C2S(otp.LoopActor):
             return None
         if kind == "replaced":
             self._close_with_error("conflict", "Replaced by new connection")
+            return None
+        if kind == "kick":  # mongoose session kick, or the account was removed
+            self._close_with_error("policy-violation", message[1])
+            return None
+        if kind == "tracers":
+            self.tracers = message[1]
             return None
         if kind == "own_presence":
             if self.available or message[1][0] == self.jid_str:
@@ -626,6 +642,7 @@ class C2S(otp.LoopActor):
         etree.SubElement(bound, f"{{{ns.BIND}}}jid").text = self.jid_str
         self._write(xmlstream.to_bytes(reply))
         self._enter("session_established")
+        self.tracers = trace.collectors_for(self.jid_str, self.bare_str)
         self.sinks = events.host(self.host)
         self.sinks.sm_session.emit(events.LOGIN)
         if hooks.has("sm_register_connection", self.host):
@@ -656,6 +673,9 @@ class C2S(otp.LoopActor):
         else:
             _count(sinks.element_in, events.ELEMENT[name, el.get("type") == "error"],
                    _size(el))
+        if self.tracers is not None:
+            trace.emit(self.tracers, "sent", self.jid_str,
+                       packet[5] if packet is not None else etree.tostring(el))
         processed = sinks.message_processed
         if processed.sink.calls:
             now = time.perf_counter_ns()
@@ -810,6 +830,8 @@ class C2S(otp.LoopActor):
             packet = result
         data = packet[5]
         self._write(data)
+        if self.tracers is not None:
+            trace.emit(self.tracers, "received", self.jid_str, data)
         _count(self.sinks.element_out,
                events.ELEMENT.get((packet[2], packet[3] == "error"), events.OTHER_ELEMENT),
                len(data))

@@ -26,22 +26,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mongoose import config, logs
-
-if TYPE_CHECKING:
-    from mongoose.auth.accounts import AccountStore
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -348,12 +343,22 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Exit 0 and say so if the node of the pidfile runs, else exit 1."""
+    """Exit 0 and say so if the node of the pidfile runs, else exit 1. With --json, also
+    what the node itself says (uptime, actors, workers), when it answers."""
     cfg = _load_or_report(args.config)
     if cfg is None:
         return EXIT_FAILURE
     pidfile = pidfile_path(cfg)
     state, pid = node_state(pidfile)
+    if args.json:
+        import json
+
+        report: dict[str, Any] = {"running": state == "running", "pid": pid,
+                                  "pidfile": str(pidfile), "state": state}
+        if state == "running":
+            report.update(_node_report(cfg, args.timeout))
+        print(json.dumps(report, indent=2))
+        return EXIT_OK if state == "running" else EXIT_FAILURE
     if state == "running":
         print(f"mongoose: node running (pid {pid})")
         return EXIT_OK
@@ -362,6 +367,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("mongoose: no node is running")
     return EXIT_FAILURE
+
+
+def _node_report(cfg: config.Config, timeout: float) -> dict[str, Any]:
+    """The node's own status over the control channel, or why it is missing."""
+    from mongoose.control import Control, ControlError
+
+    try:
+        with Control.connect(cfg, timeout=timeout) as control:
+            status = control.status()
+            status["workers"] = len([p for p in control.processes() if p[1] != 0])
+            return status
+    except ControlError as error:
+        return {"error": str(error)}
 
 
 def _seconds(text: str) -> float:
@@ -449,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tell whether the node named by <data_dir>/mongoose.pid is running: "
         "exit 0 if it is, 1 if not (also for a stale pidfile).",
     )
+    status.add_argument("--json", action="store_true",
+                        help="print JSON, with the node's own status when it runs")
+    status.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=5.0,
+                        help="how long to wait for the node's answer with --json (default 5)")
     status.set_defaults(func=cmd_status)
 
     keys = commands.add_parser(
@@ -469,8 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--output", metavar="PATH", help="where to write the key file")
     generate.add_argument("--force", action="store_true", help="replace an existing file")
     generate.set_defaults(func=cmd_keys_generate)
-    _add_account_commands(commands, config_option)
+    from mongoose.cli_account import add_account_commands
+    from mongoose.cli_node import add_node_commands
+
+    add_account_commands(commands, config_option)
     _add_db_commands(commands, config_option)
+    add_node_commands(commands, config_option)
     return parser
 
 
@@ -497,177 +523,6 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(path)
     return EXIT_OK
-
-
-# Accounts: `mongoose account ...` works on the store file itself (see mongoose.auth.accounts
-# for why that is safe while a node runs).
-
-
-class _Refused(Exception):
-    """An account command cannot do what it was asked; the message is for the operator."""
-
-
-def _add_account_commands(
-    commands: argparse._SubParsersAction, config_option: argparse.ArgumentParser
-) -> None:
-    account = commands.add_parser(
-        "account",
-        help="manage user accounts",
-        description="Manage the accounts of the node's hosts. Works on the account store "
-        "under general.data_dir directly, whether or not the node runs.",
-    )
-    account_commands = account.add_subparsers(title="commands", metavar="COMMAND", required=True)
-
-    def add(name: str, func: Callable[..., None], help_text: str) -> argparse.ArgumentParser:
-        command = account_commands.add_parser(
-            name, parents=[config_option], help=help_text, description=help_text + "."
-        )
-        command.set_defaults(func=functools.partial(_run_account_command, func))
-        return command
-
-    for name, func, help_text in (
-        ("register", _account_register, "create an account"),
-        ("passwd", _account_passwd, "change the password of an account"),
-    ):
-        command = add(name, func, help_text)
-        command.add_argument("jid", metavar="USER@HOST")
-        command.add_argument("password", metavar="PASSWORD")
-    add("unregister", _account_unregister, "remove an account").add_argument(
-        "jid", metavar="USER@HOST")
-    for name, func, help_text in (
-        ("list", _account_list, "list the users of HOST, one per line"),
-        ("count", _account_count, "print the number of accounts of HOST"),
-    ):
-        add(name, func, help_text).add_argument(
-            "host", metavar="HOST", nargs="?", help="default: the config's default domain")
-    bulk = add(
-        "bulk-register", _account_bulk_register,
-        "create accounts PREFIX1 to PREFIXN of HOST with one password, for benchmarks, "
-        "all or none",
-    )
-    bulk.add_argument("host", metavar="HOST")
-    bulk.add_argument("prefix", metavar="PREFIX")
-    bulk.add_argument("n", metavar="N", type=_positive_int)
-    bulk.add_argument("password", metavar="PASSWORD")
-    bulk.add_argument(
-        "--iterations", metavar="K", type=_positive_int,
-        help="SCRAM iteration count (default: auth.password.scram_iterations); SCRAM "
-        "clients refuse fewer than 4096, so accounts made with fewer log in with PLAIN",
-    )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
-    return value
-
-
-def _run_account_command(
-    func: Callable[[config.Config, AccountStore, argparse.Namespace], None],
-    args: argparse.Namespace,
-) -> int:
-    """Load the config, open the store, run `func`; one line on stderr for any refusal."""
-    cfg = _load_or_report(args.config)
-    if cfg is None:
-        return EXIT_FAILURE
-    from mongoose.auth.accounts import AccountError, open_store
-    from mongoose.storage import StorageError
-
-    if "rdbms" in cfg.auth.methods:
-        from mongoose.storage.pools import describe
-
-        where = describe(cfg)
-    else:
-        where = str(cfg.data_path("mongoose.db"))
-    try:
-        with contextlib.closing(open_store(cfg, wait=0)) as store:
-            func(cfg, store, args)
-    except (_Refused, AccountError) as error:
-        print(f"mongoose: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    except (OSError, sqlite3.Error, StorageError) as error:
-        print(f"mongoose: cannot use the account store {where}: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
-def _served_host(cfg: config.Config, host: str | None) -> str:
-    if host is None:
-        return cfg.default_domain
-    if host.lower() not in cfg.general.hosts:
-        served = ", ".join(cfg.general.hosts)
-        raise _Refused(f"{host} is not a host of this node (general.hosts: {served})")
-    return host.lower()
-
-
-def _user_and_host(cfg: config.Config, jid: str) -> tuple[str, str]:
-    from mongoose.auth.accounts import InvalidUser, normalize_user
-
-    user, at, host = jid.partition("@")
-    if not at or not host:
-        raise _Refused(f"bad JID {jid!r}: expected USER@HOST")
-    try:
-        return normalize_user(user), _served_host(cfg, host)
-    except InvalidUser as error:
-        raise _Refused(f"bad JID {jid!r}: {error}") from None
-
-
-def _password(text: str) -> str:
-    from mongoose.auth.scram import prepare
-
-    try:
-        if not prepare(text):
-            raise _Refused("the password is empty")
-    except ValueError as error:
-        raise _Refused(str(error)) from None
-    return text
-
-
-def _account_register(cfg: config.Config, store: AccountStore, args: argparse.Namespace) -> None:
-    user, host = _user_and_host(cfg, args.jid)
-    store.register(user, host, _password(args.password))
-    print(f"registered {user}@{host}")
-
-
-def _account_unregister(
-    cfg: config.Config, store: AccountStore, args: argparse.Namespace
-) -> None:
-    from mongoose.auth.accounts import NoSuchAccount
-
-    user, host = _user_and_host(cfg, args.jid)
-    if not store.unregister(user, host):
-        raise NoSuchAccount(f"{user}@{host}")
-    print(f"unregistered {user}@{host}")
-
-
-def _account_passwd(cfg: config.Config, store: AccountStore, args: argparse.Namespace) -> None:
-    user, host = _user_and_host(cfg, args.jid)
-    store.set_password(user, host, _password(args.password))
-    print(f"changed the password of {user}@{host}")
-
-
-def _account_list(cfg: config.Config, store: AccountStore, args: argparse.Namespace) -> None:
-    for user in store.list_users(_served_host(cfg, args.host)):
-        print(user)
-
-
-def _account_count(cfg: config.Config, store: AccountStore, args: argparse.Namespace) -> None:
-    print(store.count(_served_host(cfg, args.host)))
-
-
-def _account_bulk_register(
-    cfg: config.Config, store: AccountStore, args: argparse.Namespace
-) -> None:
-    host = _served_host(cfg, args.host)
-    prefix, _ = _user_and_host(cfg, f"{args.prefix}@{host}")
-    password = _password(args.password)
-    accounts = ((f"{prefix}{i}", password) for i in range(1, args.n + 1))
-    created = store.register_many(host, accounts, iterations=args.iterations)
-    print(f"registered {created} accounts on {host}")
 
 
 # The database: `mongoose db init|status` (mongoose.storage.migrate, .pools).

@@ -19,6 +19,10 @@ The public surface is re-exported here; the modules behind it are:
   cluster view, failure detection, remote spawn.
 * :mod:`otp.node` -- the distributed runtime of one OS process; the worker's main.
 * :mod:`otp.global_names` -- cluster-wide names, like Erlang's ``global``.
+* :mod:`otp.attach` -- attach a process of its own (a shell) to a live cluster as a
+  hidden node.
+* :mod:`otp.introspect` -- the actor every process runs to answer a shell: its actors,
+  supervision trees, actor state and tables (Erlang's ``observer``).
 """
 
 from otp.actor import (

@@ -79,6 +79,9 @@ Observer
     started (``actor_started``, after ``on_start`` returned) and when it died
     (``actor_stopped``, once, with the exit reason); see
     :class:`otp.scheduler.ActorObserver`. The per-message path does not look at it.
+    Each actor counts the messages it has taken from its mailbox (``handled``, also in
+    :meth:`LoopActor.info`), for the shell; the count lives in a local of the run loop
+    and is written back once per run, so a message costs nothing more.
 
 Timers
     ``self.send_after(seconds, msg)`` / :func:`otp.send_after` and ``cancel_timer``;
@@ -129,6 +132,8 @@ _CoroutineType = types.CoroutineType
 
 # Actor states. SUSPENDED: an async handler is awaiting; STARTING: an async on_start is.
 _NEW, _STARTING, _RUNNING, _SUSPENDED, _DEAD = range(5)
+STATE_NAMES = ("new", "starting", "running", "suspended", "dead")
+"""The states' names, indexed by state (``info()["state"]``)."""
 
 
 class Exit(NamedTuple):
@@ -388,6 +393,7 @@ class LoopActor(pykka.Actor):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._init_waiters: list[LoopFuture[Pid]] | None = None
         self._names: list[str] | None = None
+        self.handled = 0  # messages taken from the mailbox and handled (see info())
 
     def __str__(self) -> str:
         return f"{self.__class__.__name__} ({self.actor_urn})"
@@ -462,38 +468,43 @@ class LoopActor(pykka.Actor):
         mailbox = self.actor_inbox
         q = mailbox._q
         stopped = self.actor_stopped
-        budget = self._scheduler.throughput
-        while q:
-            envelope = q.popleft()
-            reply_to = envelope.reply_to
-            try:
-                response = self._handle_receive(envelope.message)
-                if response.__class__ is _CoroutineType:
-                    self._suspend(response, reply_to)
+        throughput = budget = self._scheduler.throughput
+        try:
+            while q:
+                envelope = q.popleft()
+                budget -= 1
+                reply_to = envelope.reply_to
+                try:
+                    response = self._handle_receive(envelope.message)
+                    if response.__class__ is _CoroutineType:
+                        self._suspend(response, reply_to)
+                        return
+                    if reply_to is not None:
+                        reply_to.set(response)
+                except Exception:
+                    if reply_to is not None:
+                        pykka_logger.info(
+                            f"Exception returned from {self} to caller:", exc_info=sys.exc_info()
+                        )
+                        reply_to.set_exception()
+                    else:
+                        self._handle_failure(*sys.exc_info())
+                        self._call_on_failure(sys.exc_info())
+                except BaseException:
+                    self._base_exception(sys.exc_info())
+                if stopped._set:
+                    self._terminate()
                     return
-                if reply_to is not None:
-                    reply_to.set(response)
-            except Exception:
-                if reply_to is not None:
-                    pykka_logger.info(
-                        f"Exception returned from {self} to caller:", exc_info=sys.exc_info()
-                    )
-                    reply_to.set_exception()
-                else:
-                    self._handle_failure(*sys.exc_info())
-                    self._call_on_failure(sys.exc_info())
-            except BaseException:
-                self._base_exception(sys.exc_info())
-            if stopped._set:
-                self._terminate()
-                return
-            if self._signal is not None:
-                self._take_signal()
-                return
-            budget -= 1
-            if not budget:
-                self._scheduler._runq.append(self)  # still scheduled: others first
-                return
+                if self._signal is not None:
+                    self._take_signal()
+                    return
+                if not budget:
+                    self._scheduler._runq.append(self)  # still scheduled: others first
+                    return
+        finally:
+            # The count is kept in the local budget and written back once per run, so
+            # counting costs the per-message path nothing.
+            self.handled += throughput - budget
         mailbox.scheduled = False
         if q:  # a put from another thread saw the flag still set
             mailbox.scheduled = True
@@ -663,6 +674,14 @@ class LoopActor(pykka.Actor):
             for name in self._names:
                 if scheduler.names.get(name) == self.pid:
                     del scheduler.names[name]
+        try:
+            self.release()
+        except Exception:
+            pykka_logger.exception(
+                f"{self} failed to release its resources",
+                extra={"what": "actor_release_failed", "actor": self.__class__.__name__,
+                       "pid": str(self.pid)},
+            )
         # Detach the mailbox first: puts that race with us answer their own asks.
         mailbox = self.actor_inbox
         mailbox._actor = None
@@ -748,6 +767,17 @@ class LoopActor(pykka.Actor):
             self._stop()
             return None
         return self.handle_exit(message.pid, message.reason)
+
+    def release(self) -> None:
+        """Hook: free what this actor holds outside the runtime, however it died.
+
+        Runs once, as the actor leaves the process table: after ``on_stop`` or
+        ``on_failure`` when they ran, and also when they did not (an untrappable
+        ``kill``), as the Erlang runtime closes the ports and deletes the ETS tables of a
+        process that dies. An actor owning a socket or table records closes or removes
+        them here, so a killed actor leaves nothing behind. Must not block; an exception
+        is logged. The default does nothing.
+        """
 
     def handle_exit(self, pid: Pid | None, reason: Any) -> Any:
         """Hook for trapped exit signals from anyone but the parent.
@@ -938,10 +968,11 @@ class LoopActor(pykka.Actor):
             "kind": self.__class__.__name__,
             "parent": self.parent,
             "mailbox": len(self.actor_inbox._q),
+            "handled": self.handled,
             "links": sorted(self._links) if self._links else [],
             "monitored_by": len(self._monitored_by) if self._monitored_by else 0,
             "trap_exit": self.trap_exit,
-            "state": ("new", "starting", "running", "suspended", "dead")[self._state],
+            "state": STATE_NAMES[self._state],
             "names": list(self._names) if self._names else [],
         }
 

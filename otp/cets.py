@@ -55,6 +55,13 @@ Who gets the writes
     table later asks everyone for their dumps, which puts it back in their sets. Root
     processes that hold no tables thus stop costing every write a message and an ack.
 
+Hidden nodes
+    A hidden node (an operator's shell; see :mod:`otp.dist`) is not in
+    :meth:`Dist.processes <otp.dist.Dist.processes>` of the members, so it is never
+    sent a dump or a write and is never the leader; it cannot create a table either
+    (:meth:`Cets.create` refuses), since no one would replicate to it. A shell reads a
+    node's tables by asking that node (``otp.introspect``).
+
 Threads
     Reads may come from any thread (a dict read). Writes and everything else run on the
     scheduler's loop; from another thread use :meth:`Scheduler.run_sync`.
@@ -364,6 +371,8 @@ class Cets:
         """Create this process's replica of table ``name`` and fetch the others' records."""
         if name in self.tables:
             raise ValueError(f"table {name!r} exists")
+        if self.dist.hidden:
+            raise RuntimeError(f"a hidden node holds no replica (table {name!r})")
         table = self.tables[name] = Table(self, name, **options)
         for key in self._others():
             self.dist._put(key, ["c:want", name, list(self.dist.key)])

@@ -217,7 +217,8 @@ class Discovery(LoopActor):
 
 
 def _live_addresses() -> set[str]:
-    """``host:port`` of the root of every node in this process's cluster view."""
+    """``host:port`` of the root of every member node in this process's cluster view
+    (hidden nodes, such as an operator's shell, are not members)."""
     from otp import scheduler as scheduler_mod
 
     dist = scheduler_mod.current().dist
@@ -226,5 +227,7 @@ def _live_addresses() -> set[str]:
     return {
         root["tcp"].removeprefix("tcp://")
         for entry in dist.view.values()
-        if (root := entry["procs"].get(0)) is not None and "tcp" in root
+        if not entry.get("hidden")
+        and (root := entry["procs"].get(0)) is not None
+        and "tcp" in root
     }

@@ -42,10 +42,11 @@ Wire items (lists, packed by :mod:`otp.codec`; ``id`` is a pid's number in its p
 
 Cluster view
     A node is described by its root in an *entry*: ``{"creation": int, "version": int,
-    "procs": {worker: {"ipc": address, "tcp": address}}}``. The root is the only author of
-    its node's entry and bumps ``version`` on every change (a worker started or died); a
-    copy with a higher version replaces a lower one, a higher ``creation`` (the root's
-    start time, so a restarted node) replaces any older one. Roots exchange entries
+    "procs": {worker: {"ipc": address, "tcp": address}}}``, plus ``"hidden": True`` for a
+    hidden node (see Hidden nodes). The root is the only author of its node's entry and
+    bumps ``version`` on every change (a worker started or died); a copy with a higher
+    version replaces a lower one, a higher ``creation`` (the root's start time, so a
+    restarted node) replaces any older one. Roots exchange entries
     (``join``/``nodes``/``node``); a root whose view changed sends it to every other root
     (gossip that stops where nothing changes), and pushes it to its workers (``view``).
     Every process diffs each new view against the old one: processes that disappeared
@@ -61,8 +62,8 @@ Failure detection
     that carries a newer version of the sender's entry than ours, makes the two roots
     exchange entries again: so the cluster re-forms by itself, and an update that
     reached only some roots reaches the others within a heartbeat. A root keeps sending
-    heartbeats to a node it declared down for silence (not to one that left) for an
-    hour, so both sides of a healed netsplit find each other again.
+    heartbeats to a node it declared down for silence (not to one that left, nor to a
+    hidden node) for an hour, so both sides of a healed netsplit find each other again.
 
     A worker that hangs with its process alive is not detected (the root watches worker
     processes exit, and heartbeats run between roots only). Handling a loss walks every
@@ -76,6 +77,27 @@ Joining and leaving
     in any order.
     A root that stops sends ``leave`` to every other root, so they see its pids go down at
     once rather than after the heartbeat timeout.
+    A running root can also leave (:meth:`Dist.leave`, ``mongoose cluster leave``): it
+    tells the other members, drops them from its view, forgets its seeds, and from then
+    on ignores what they send about the cluster (heartbeats, gossip, joins, a join still
+    in flight) until it is told to :meth:`Dist.join` again. Hidden nodes attached to it
+    (the shell that asked) stay.
+
+Hidden nodes
+    A root started with ``hidden=True`` (an operator's shell, a tool) joins like any
+    root, with ``join`` to a seed, and its entry carries ``"hidden": True``. As in
+    Erlang, a hidden node can talk to every process of the cluster but is not one of
+    its members: :meth:`Dist.nodes` and :meth:`Dist.processes` leave out hidden nodes
+    other than this process's own node (:meth:`Dist.hidden_nodes` lists them), and
+    everything built on those -- CETS replication and leaders, global names, status and
+    metrics -- therefore never counts one, never sends it a table dump and never makes
+    it a leader. Unlike Erlang's, our hidden nodes are in the view all the same, so the
+    protocol needs no second kind of connection: items route to and from them, asks
+    are answered, and links, monitors and exit signals work across, with
+    ``noconnection`` when one goes away. Gossip may make a hidden node known to every
+    root, which lets a shell reach every node. A hidden node that goes silent is
+    dropped at once and not called again (it is not listed as unavailable: a shell that
+    went away is not a netsplit to heal); one that stops sends ``leave`` as any root.
 
 Security
     Every tcp connection is CURVE-authenticated with the cluster's keys (see
@@ -107,7 +129,7 @@ if TYPE_CHECKING:
     from otp.scheduler import Scheduler
     from otp.transport import Transport
 
-__all__ = ["Dist", "new_creation", "spawn_on"]
+__all__ = ["Dist", "new_creation", "seed_key", "spawn_on"]
 
 logger = logging.getLogger("otp.dist")
 
@@ -118,6 +140,12 @@ _ROOT = 0
 UNAVAILABLE_RETRY_S = 3600.0
 """How long a root keeps calling a node that went silent (CETS expires its
 discovery rows after the same hour)."""
+
+
+def seed_key(address: str) -> Key:
+    """The peer key of the connection to a root known only by its tcp ``address`` (a
+    seed, or a node gone silent): its own key is not known yet."""
+    return (f"seed:{address}", _ROOT)
 
 
 def new_creation() -> int:
@@ -136,6 +164,7 @@ class Dist:
         creation: this process's incarnation (see :func:`new_creation`).
         root_address: for a worker, the ipc address of its node's root.
         heartbeat_interval, node_timeout: failure detection between nodes (roots only).
+        hidden: a root only; this node is a hidden node (see the module docstring).
     """
 
     def __init__(
@@ -146,12 +175,16 @@ class Dist:
         root_address: str | None = None,
         heartbeat_interval: float = 1.0,
         node_timeout: float = 4.0,
+        hidden: bool = False,
     ) -> None:
+        if hidden and scheduler.worker != _ROOT:
+            raise ValueError("only a root process (worker 0) can be a hidden node")
         self.scheduler = scheduler
         self.node = scheduler.node
         self.worker = scheduler.worker
         self.key: Key = (self.node, self.worker)
         self.is_root = self.worker == _ROOT
+        self.hidden = hidden
         self.creation = creation
         self.transport: Transport | None = None
         self.root_address = root_address
@@ -174,7 +207,9 @@ class Dist:
         self._gone: dict[str, int] = {}  # dropped node -> its creation then
         self._unavailable_seen: list[str] = []  # worker: the root's list, last pushed
         self._seeds_seen: list[str] = []  # worker: the root's seed addresses, last pushed
+        self._left: set[str] = set()  # root: members we left, ignored until join()
         self.on_view_changed: list[Any] = []
+        self.on_auth_failed: list[Any] = []  # hooks: fn(key), a peer refused our keys
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -193,6 +228,8 @@ class Dist:
             # reading (microseconds), not the random pid base.
             entry["creation"] = time.time_ns() // 1000
             entry["procs"][_ROOT] = own
+            if self.hidden:
+                entry["hidden"] = True
             entry["version"] += 1
             self._timer = self.scheduler.loop.call_later(self.heartbeat_interval, self._tick)
         else:
@@ -228,6 +265,7 @@ class Dist:
     def join(self, seeds: Iterable[str]) -> None:
         """Root only: announce this node to the roots at the seed tcp addresses."""
         assert self.is_root, "only a root process joins a cluster"
+        self._left.clear()
         added = False
         for address in seeds:
             if address not in self._seeds:
@@ -237,16 +275,44 @@ class Dist:
         if added:
             self._publish()  # workers show the discovered addresses in table status
 
+    def leave(self) -> list[str]:
+        """Root only: leave the cluster and stay alone (see the module docstring);
+        returns the member nodes left."""
+        assert self.is_root, "only a root process leaves a cluster"
+        members = [n for n in self._other_nodes() if not self.view[n].get("hidden")]
+        for node in members:
+            self._put((node, _ROOT), ["leave", self.node])
+        self._left.update(members)
+        self._left.update(self._unavailable)
+        self._unavailable.clear()
+        self._seeds.clear()
+        self._drop_nodes(members)
+        self._publish()
+        logger.info("left the cluster", extra={"what": "dist_left", "nodes": members})
+        return members
+
     def _send_join(self, address: str) -> None:
-        seed = (f"seed:{address}", 0)
+        seed = seed_key(address)
         self._connect(seed, address)
         self._put(seed, ["join", self.node, self.view[self.node]])
 
     # -- the view --------------------------------------------------------------------------
 
     def nodes(self) -> list[str]:
-        """Nodes in this process's view, this one included."""
-        return sorted(self.view)
+        """The cluster's member nodes in this process's view, and this node (hidden
+        or not); other hidden nodes are left out (see :meth:`hidden_nodes`)."""
+        own = self.node
+        return sorted(n for n, e in self.view.items() if n == own or not e.get("hidden"))
+
+    def hidden_nodes(self) -> list[str]:
+        """Hidden nodes in this process's view (shells attached), this one excepted."""
+        own = self.node
+        return sorted(n for n, e in self.view.items() if n != own and e.get("hidden"))
+
+    def is_hidden(self, node: str) -> bool:
+        """True if ``node`` is a hidden node of this process's view."""
+        entry = self.view.get(node)
+        return entry is not None and bool(entry.get("hidden"))
 
     def unavailable_nodes(self) -> list[str]:
         """Nodes that went silent and are still being called (see ``_tick``); a worker
@@ -261,8 +327,15 @@ class Dist:
         return sorted(self._seeds if self.is_root else self._seeds_seen)
 
     def processes(self) -> list[Key]:
-        """Every process in the view, as (node, worker)."""
-        return sorted((n, w) for n, e in self.view.items() for w in e["procs"])
+        """Every process of the nodes of :meth:`nodes`, as (node, worker): the cluster's
+        members, and this process's own node even if hidden."""
+        own = self.node
+        return sorted(
+            (n, w)
+            for n, e in self.view.items()
+            if n == own or not e.get("hidden")
+            for w in e["procs"]
+        )
 
     def _other_nodes(self) -> list[str]:
         return [n for n in self.view if n != self.node]
@@ -581,6 +654,11 @@ class Dist:
                 "peer refused our cluster keys",
                 extra={"what": "dist_auth_failed", "peer": f"{key[0]}.{key[1]}"},
             )
+            for hook in list(self.on_auth_failed):
+                try:
+                    hook(key)
+                except Exception:
+                    logger.exception("auth hook failed", extra={"what": "dist_hook_error"})
 
     def _on_send(self, item: list[Any]) -> None:
         actor = self.scheduler.processes.get(item[1])
@@ -725,6 +803,8 @@ class Dist:
         if not self.is_root:
             return
         _, node, entry = item
+        if node in self._left:
+            return
         self._last_heard[node] = time.monotonic()
         changed = self._merge_entry(node, entry, direct=True)
         # Answer with everything we know, and tell the others what changed.
@@ -738,10 +818,12 @@ class Dist:
         if not self.is_root:
             return
         _, view, sender = item
+        if sender in self._left:
+            return
         changed = False
         now = time.monotonic()
         for node, entry in view.items():
-            if node != self.node:
+            if node != self.node and node not in self._left:
                 self._last_heard.setdefault(node, now)
                 changed = self._merge_entry(node, entry, direct=node == sender) or changed
         if changed:
@@ -752,6 +834,8 @@ class Dist:
         if not self.is_root:
             return
         _, node, entry = item  # sent by that node's root itself
+        if node in self._left:
+            return
         self._last_heard.setdefault(node, time.monotonic())
         if self._merge_entry(node, entry, direct=True):
             self._publish()
@@ -773,6 +857,8 @@ class Dist:
         if not self.is_root:
             return
         _, node, creation, tcp, version = item
+        if node in self._left:
+            return
         self._last_heard[node] = time.monotonic()
         known = self.view.get(node)
         if (
@@ -802,7 +888,8 @@ class Dist:
                     extra={"what": "dist_node_down", "node": node, "silent_s": now - heard},
                 )
                 root = self.view[node]["procs"].get(_ROOT, {}).get("tcp")
-                if root is not None:
+                if root is not None and not self.view[node].get("hidden"):
+                    # A hidden node (a shell) that went silent is not called again.
                     self._unavailable[node] = (root, now)
                 self._drop_nodes([node])
         # Keep calling nodes that went silent (a netsplit, a freeze): when one answers,
@@ -813,7 +900,7 @@ class Dist:
                 continue
             if node in self._blocked:
                 continue
-            key = (f"seed:{address}", 0)
+            key = seed_key(address)
             self._connect(key, address)
             self._put(key, ["hb", self.node, own["creation"], tcp, own["version"]])
         if self._seeds and len(self.view) == 1:
@@ -867,6 +954,7 @@ class Dist:
     def statistics(self) -> dict[str, Any]:
         return {
             "nodes": self.nodes(),
+            "hidden_nodes": self.hidden_nodes(),
             "processes": len(self.processes()),
             "pending_asks": len(self._pending),
             "down_events": self.down_events,
@@ -875,11 +963,14 @@ class Dist:
 
 def _normalise(entry: dict[str, Any]) -> dict[str, Any]:
     """msgpack turns int keys into ints already; make sure of it and copy."""
-    return {
+    normal = {
         "creation": entry["creation"],
         "version": entry["version"],
         "procs": {int(w): dict(p) for w, p in entry["procs"].items()},
     }
+    if entry.get("hidden"):
+        normal["hidden"] = True
+    return normal
 
 
 def _lost_processes(old: dict[str, Any], new: dict[str, Any]) -> set[Key]:

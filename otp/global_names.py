@@ -24,6 +24,12 @@ Leader changes and newcomers
     leader when the old one died is lost (its registration reply never came either);
     the caller's future fails with ``noconnection``.
 
+Hidden nodes
+    A hidden node (an operator's shell; see :mod:`otp.dist`) is never the leader and,
+    as in Erlang, holds no replica: the leader sends names only to members. It can
+    still register and unregister names through the leader, and a name owned by one of
+    its pids is released when it goes away.
+
 After a netsplit
     Each side keeps registering with its own leader. When the sides meet again, the
     leader of the merged cluster sends its table to the processes of the other side,
@@ -94,7 +100,10 @@ class GlobalNames:
     # -- leader ----------------------------------------------------------------------------
 
     def leader(self) -> Key:
-        return (min(self.dist.view), 0)
+        nodes = self.dist.nodes()  # members only (see otp.dist, Hidden nodes)
+        if self.dist.hidden:  # never the leader itself, unless it has no one to ask
+            nodes = [n for n in nodes if n != self.dist.node] or nodes
+        return (min(nodes), 0)
 
     def is_leader(self) -> bool:
         return self.leader() == self.dist.key

@@ -8,8 +8,10 @@ down again. The root supervises the workers as OS processes (``supervisors/node.
 a worker runs :func:`worker_main`.
 
 The same :class:`Runtime` lets a process that is not a server node join a cluster as a
-root with no workers: tests and tools do that to talk to a live cluster's actors (Erlang
-calls this a hidden node; ours is visible in the view, which keeps the protocol simple).
+root with no workers: tests and tools do that to talk to a live cluster's actors. With
+``hidden=True`` it joins as a hidden node, Erlang's term: it reaches every process but
+is not a member (no CETS replica, no leader, not counted; see :mod:`otp.dist`).
+:func:`otp.attach.attach` does all of that for an operator's shell.
 
 Worker protocol
     The root starts a worker as ``python -m otp.worker --node NAME --worker N
@@ -47,6 +49,9 @@ __all__ = ["READY_LINE", "Runtime", "worker_main"]
 
 log = logging.getLogger("otp.node")
 
+LEAVE_LINGER_S = 0.5
+"""How long a root that closes waits, at most, for its ``leave`` notices to go out."""
+
 READY_LINE = "otp-worker-ready"
 
 
@@ -56,6 +61,7 @@ class Runtime:
     Create it, then ``await start()`` on the scheduler's loop; ``close()`` on the loop
     when done. ``ipc_dir`` is the node's private socket directory (made 0700 if new);
     ``tcp_host``/``tcp_port`` where other nodes reach this process (port 0: any free).
+    ``hidden``: join as a hidden node (a root with no workers; see :mod:`otp.dist`).
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class Runtime:
         heartbeat_interval: float = 1.0,
         node_timeout: float = 4.0,
         hwm: int = 10_000,
+        hidden: bool = False,
     ) -> None:
         self.scheduler = scheduler
         self.ipc_dir = Path(ipc_dir)
@@ -82,7 +89,9 @@ class Runtime:
             root_address=root_address,
             heartbeat_interval=heartbeat_interval,
             node_timeout=node_timeout,
+            hidden=hidden,
         )
+        self.hidden = hidden
         self.hwm = hwm
         self.transport: Transport | None = None
 
@@ -122,10 +131,11 @@ class Runtime:
         """Leave the mesh and close the sockets (removing our ipc socket file)."""
         self.dist.close()
         if self.transport is not None:
-            # Let the leave notices go out before the sockets close.
+            # Let the leave notices go out before the sockets close: flushed to ZeroMQ
+            # now, and written by its I/O thread while close lingers (a root only).
             with contextlib.suppress(Exception):
                 self.transport.flush()
-            self.transport.close()
+            self.transport.close(linger=LEAVE_LINGER_S if self.dist.is_root else 0.0)
         if self.scheduler.dist is self.dist:
             self.scheduler.dist = None
 

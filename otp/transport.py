@@ -80,7 +80,10 @@ High-water marks: sends never block, overload drops
 
     ``ZMQ_LINGER`` is 0 on every socket: closing a socket or the transport discards what
     is still queued instead of waiting for a peer that may be gone, so a worker's
-    shutdown, :meth:`disconnect` and ``close`` never hang.
+    shutdown, :meth:`disconnect` and ``close`` never hang. The one exception is asked
+    for: ``close(linger=s)`` gives frames already sent (a root's ``leave``) up to ``s``
+    seconds to go out, since ZeroMQ writes them from its own I/O thread, after
+    ``send`` returned; a peer that is gone costs that bounded wait, no more.
 
     ``ZMQ_IMMEDIATE`` stays off (ZeroMQ's default): a PUSH socket queues frames for a
     peer it has not reached yet, up to the high-water mark, and delivers them once the
@@ -375,8 +378,10 @@ class Transport:
         """The bound addresses, in the order given, with the real tcp ports."""
         return list(self._addresses)
 
-    def close(self) -> None:
-        """Close every socket (discarding queued frames) and remove our ipc socket files."""
+    def close(self, linger: float = 0.0) -> None:
+        """Close every socket and remove our ipc socket files. Queued frames are
+        discarded, or with ``linger`` (seconds) given that long to go out: the call may
+        block for as long (see High-water marks)."""
         if self._closed:
             return
         self._closed = True
@@ -386,14 +391,15 @@ class Transport:
                 self._loop.remove_reader(inbound.sock.FD)
             inbound.sock.close(linger=0)
         self._inbound.clear()
+        linger_ms = max(0, int(linger * 1000))
         for conn in self._out.values():
-            self._close_outbound(conn)
+            self._close_outbound(conn, linger_ms)
         self._out.clear()
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
         if self._ctx is not None:
-            self._ctx.destroy(linger=0)
+            self._ctx.destroy(linger=0)  # waits for the outbound sockets' own linger
             self._ctx = None
         for path, dev, ino in self._ipc_files:
             with contextlib.suppress(FileNotFoundError):
@@ -446,14 +452,14 @@ class Transport:
         if conn is not None:
             self._close_outbound(conn)
 
-    def _close_outbound(self, conn: _Outbound) -> None:
+    def _close_outbound(self, conn: _Outbound, linger_ms: int = 0) -> None:
         if conn.monitor is not None:
             self._loop.remove_reader(conn.monitor.FD)
             with contextlib.suppress(zmq.ZMQError):
                 conn.sock.disable_monitor()
             conn.monitor.close(linger=0)
             conn.monitor = None
-        conn.sock.close(linger=0)
+        conn.sock.close(linger=linger_ms)
 
     # -- sending -------------------------------------------------------------------------------
 

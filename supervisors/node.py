@@ -27,7 +27,8 @@ cluster membership services and the admin endpoint become children of ``node_sup
     node_sup (one_for_one)
       metrics        the root's instrumentation; serves the node's merged /metrics page
                      and pushes to Graphite (mongoose.instrument.service)
-      node_status    answers status queries (mongoose.status)
+      node_status    answers status queries and cluster join/leave (mongoose.status)
+      introspect     answers the shell: actors, trees, actor state (otp.introspect)
       workers_sup    the worker OS processes 1..W (supervisors.workers)
       cets_discovery joins the nodes listed in a file or in the discovery_nodes table
                      (when configured; otp.discovery, mongoose.cets_discovery)
@@ -56,6 +57,7 @@ from otp import curve
 from otp import scheduler as scheduler_mod
 from otp.discovery import Discovery
 from otp.dist import new_creation
+from otp.introspect import Introspect
 from otp.node import Runtime
 from otp.supervisor import ChildSpec, Supervisor
 from supervisors.workers import worker_count, workers_sup_spec
@@ -82,6 +84,7 @@ def node_sup_children(
             id="node_status",
             start=partial(NodeStatus.start, general.node_name, general.hosts),
         ),
+        ChildSpec(id="introspect", start=Introspect.start),
         workers_sup_spec(
             runtime,
             worker_count(general.workers),

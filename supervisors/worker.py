@@ -18,7 +18,12 @@ it, and they restart together)::
                      started before its database does not crash-loop
     router_sup       router shard actors router_0 .. router_{R-1} (one_for_one)
     c2s_sup          simple_one_for_one: one temporary session actor per connection
-    listener         the [[listen.c2s]] ports, SO_REUSEPORT, opened last, closed first
+    listener         the [[listen.c2s]] ports, SO_REUSEPORT, opened after the rest of the
+                     XMPP side, closed before it
+    admin            answers the shell and the mongoose command: sessions, kick, stanza
+                     injection, accounts, traces (mongoose.admin)
+    introspect       answers the shell: actors, supervision trees, actor state, tables
+                     (otp.introspect)
 
 Stopping runs right to left: the listener stops accepting, every session ends its stream
 with ``system-shutdown``, then routers, modules and tables go.
@@ -32,6 +37,7 @@ from typing import Any
 import otp
 from mongoose import config as config_mod
 from mongoose.status import WorkerStatus
+from otp.introspect import Introspect
 from otp.supervisor import ChildSpec, Supervisor
 
 __all__ = ["ROUTER_SHARDS", "STRATEGY", "children"]
@@ -91,19 +97,26 @@ class C2SSup(Supervisor):
 
 def children(config_path: str | None = None) -> list[ChildSpec]:
     """The worker's child specs, in start order. Without a config file the worker runs
-    only its status actor (the runtime's own tests start workers that way)."""
-    specs = [ChildSpec("worker_status", WorkerStatus.start)]
+    only its status and introspection actors (the runtime's own tests start workers
+    that way)."""
+    status = ChildSpec("worker_status", WorkerStatus.start)
+    introspect = ChildSpec("introspect", Introspect.start)
     if config_path is None:
-        return specs
+        return [status, introspect]
+    from mongoose.admin import AdminActor
     from mongoose.instrument.service import InstrumentActor
     from mongoose.listener import C2SListener
 
     config = config_mod.load(config_path)
     return [
         ChildSpec("instrument", partial(InstrumentActor.start, config)),
-        *specs,
+        status,
         ChildSpec("xmpp_services", partial(XmppServices.start, config)),
         ChildSpec("router_sup", RouterSup.start, type="supervisor"),
         ChildSpec("c2s_sup", C2SSup.start, type="supervisor"),
         ChildSpec("listener", C2SListener.start),
+        # Last: under rest_for_one a restart of either (a kill from the shell) touches
+        # nothing else, and they stop first.
+        ChildSpec("admin", AdminActor.start),
+        introspect,
     ]

@@ -29,7 +29,7 @@ from typing import Any
 
 from mongoose.instrument.store import HISTOGRAM_BUCKETS, Snapshot
 
-__all__ = ["Family", "GraphiteReporter", "merge", "prometheus_text"]
+__all__ = ["Family", "GraphiteReporter", "flat_samples", "merge", "prometheus_text"]
 
 log = logging.getLogger("mongoose.instrument")
 
@@ -86,6 +86,25 @@ def merge(parts: Iterable[tuple[str, Snapshot]]) -> dict[str, Family]:
                     else:
                         family.samples[key] = family.samples.get(key, 0) + value
     return families
+
+
+def flat_samples(families: dict[str, Family], prefix: str = "") -> list[dict[str, Any]]:
+    """The families whose name starts with ``prefix`` as ``{"name", "labels", "value"}``
+    rows sorted by name, a histogram as two rows, ``<name>_count`` and ``<name>_sum``."""
+    rows: list[dict[str, Any]] = []
+    for name in sorted(families):
+        if not name.startswith(prefix):
+            continue
+        family = families[name]
+        for values, value in sorted(family.samples.items()):
+            labels = dict(zip(family.labels, values, strict=True))
+            if family.kind == "histogram":
+                rows.append({"name": f"{name}_count", "labels": labels,
+                             "value": sum(value[:-1])})
+                rows.append({"name": f"{name}_sum", "labels": labels, "value": value[-1]})
+            else:
+                rows.append({"name": name, "labels": labels, "value": value})
+    return rows
 
 
 # -- Prometheus -----------------------------------------------------------------------------

@@ -139,7 +139,14 @@ class NodeMetrics(InstrumentActor):
             self.send_after(self.config.instrumentation.graphite.interval, "push")
             self._spawn(self.push())
             return None
+        if isinstance(message, tuple) and message and message[0] == "metrics":
+            return self.samples(message[1])
         return super().on_receive(message)
+
+    async def samples(self, prefix: str) -> list[dict[str, Any]]:
+        """The merged metrics whose name starts with ``prefix``, as flat samples
+        (``mongoose metric get``, the shell's ``metrics()``)."""
+        return exposition.flat_samples(await self.families(), prefix)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
