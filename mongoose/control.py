@@ -90,6 +90,20 @@ def _quiet_runtime_logs() -> None:
             logging.getLogger(name).addHandler(logging.NullHandler())
 
 
+def local_address_towards(address: str) -> str:
+    """This host's address on the route to ``address`` (tcp://host:port): where that
+    node can reach the shell back (no packet is sent to find it)."""
+    import socket
+
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
 class Control:
     """An attachment to a live cluster, aimed at one of its nodes (see module docstring)."""
 
@@ -131,7 +145,8 @@ class Control:
         else:
             address = f"tcp://{node}"
         try:
-            attached = attach(address, keys, timeout=timeout)
+            attached = attach(address, keys, timeout=timeout,
+                              tcp_host=local_address_towards(address))
         except AttachError as error:
             raise ControlError(str(error)) from None
         target = name or attached.target
@@ -152,10 +167,14 @@ class Control:
 
     # -- asking ------------------------------------------------------------------------------
 
-    def _wait(self, future: Any, what: str, timeout: float | None = None) -> Any:
+    def _wait(self, future: Any, what: str, timeout: float | None = None,
+              deadline: float | None = None) -> Any:
+        """The answer of ``future`` within ``timeout`` seconds (or by the monotonic
+        ``deadline`` of a batch of asks made with that timeout)."""
         timeout = self.timeout if timeout is None else timeout
+        wait = timeout if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            return future.get(timeout=timeout)
+            return future.get(timeout=wait)
         except pykka.Timeout:
             raise ControlError(f"{what} did not answer within {timeout:g} s") from None
         except pykka.ActorDeadError as error:
@@ -180,10 +199,9 @@ class Control:
         deadline = time.monotonic() + self.timeout
         results = []
         for process, future in futures:
-            left = max(0.0, deadline - time.monotonic())
             try:
-                results.append((process, self._wait(future, f"{name} at {process[0]}.{process[1]}",
-                                                    left)))
+                what = f"{name} at {process[0]}.{process[1]}"
+                results.append((process, self._wait(future, what, deadline=deadline)))
             except ControlError as error:
                 results.append((process, error))
         return results

@@ -117,8 +117,10 @@ class Helpers:
     def workers(self, node: str | None = None) -> Rows:
         """The OS processes of a node (default: the attached one; "*": every node):
         worker number, OS pid, actors, queued messages, resident memory, uptime."""
-        return Rows(self.control.workers(node), ["node", "worker", "os_pid", "actors",
-                                                 "mailbox_total", "rss_bytes", "uptime_s"])
+        rows = self.control.workers(node)
+        columns = ["node", "worker", "os_pid", "actors", "mailbox_total", "rss_bytes",
+                   "uptime_s"]
+        return Rows(rows, columns + ["error"] if any("error" in r for r in rows) else columns)
 
     def actors(self, filter: str | None = None, node: str | None = None,
                limit: int | None = None) -> Rows:

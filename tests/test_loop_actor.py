@@ -324,3 +324,39 @@ def test_started_reports_a_failing_on_start() -> None:
     started_then_stopped = Echo.start()
     started_then_stopped.stop()
     assert otp.started(started_then_stopped).get(timeout=5) == started_then_stopped.pid
+
+
+class _Holder(otp.LoopActor):
+    """Holds a 'resource' (a list entry) that release() must free however it dies."""
+
+    def __init__(self, resources: list[str], name: str, trap: bool = False) -> None:
+        super().__init__()
+        self.resources, self.name = resources, name
+        self.trap_exit = trap
+        resources.append(name)
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "crash":
+            raise RuntimeError("crash on purpose")
+        return message
+
+    def release(self) -> None:
+        self.resources.append(f"released {self.name}")
+
+
+@pytest.mark.parametrize("how", ["stop", "crash", "exit", "kill"])
+def test_release_runs_once_however_the_actor_dies(how: str) -> None:
+    """release() frees what the actor holds on an orderly stop, a crash, an exit signal
+    and an untrappable kill (where on_stop does not run), exactly once."""
+    resources: list[str] = []
+    ref = _Holder.start(resources, how, trap=how == "kill")
+    assert ref.ask("hello", timeout=5) == "hello"
+    assert resources == [how]
+    if how == "stop":
+        ref.stop()
+    elif how == "crash":
+        ref.tell("crash")
+    else:
+        otp.exit(ref.pid, "kill" if how == "kill" else "shutdown")
+    wait_until(lambda: not otp.is_alive(ref.pid), what="the actor dead")
+    wait_until(lambda: resources == [how, f"released {how}"], what="its resource released")

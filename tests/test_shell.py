@@ -212,3 +212,28 @@ def test_completion_of_helpers_and_attributes():
     assert [c for c in complete("x = wor") if c.startswith("workers(")]
     assert complete("thing.cou") == ["thing.counter"]
     assert complete("") == []
+
+
+def test_a_frozen_worker_is_reported_not_waited_for(node, tmp_path):
+    """A worker that does not answer (stopped with SIGSTOP) holds nothing up: workers()
+    lists the others and says which one did not answer within the timeout."""
+    import signal
+
+    import psutil
+
+    root = psutil.Process(node.proc.pid)
+    worker = next(p for p in root.children(recursive=True)
+                  if "otp.worker" in " ".join(p.cmdline())
+                  and p.cmdline()[p.cmdline().index("--worker") + 1] == "2")
+    shell = Shell(node, tmp_path, "--timeout", "1.5")
+    try:
+        shell.prompt()
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            rows = shell.run("workers()")
+        finally:
+            worker.send_signal(signal.SIGCONT)
+        assert re.search(r"sh@localhost\s+1\s+\d+", rows)
+        assert "introspect at sh@localhost.2 did not answer within 1.5 s" in rows
+    finally:
+        shell.close()
