@@ -463,6 +463,71 @@ class ModTime:
 
 
 @dataclass(frozen=True)
+class ModRoster:
+    """`[modules.mod_roster]`: RFC 6121 rosters; XEP-0237 versioning when `versioning`."""
+
+    versioning: bool = setting(False, lambda v: _bool(v))
+    # Contacts one user may have; a roster set beyond it gets resource-constraint.
+    max_roster_size: int = setting(1000, int_at_least(1))
+
+
+@dataclass(frozen=True)
+class ModPresence:
+    """`[modules.mod_presence]`: RFC 6121 presence subscriptions and broadcast."""
+
+
+@dataclass(frozen=True)
+class ModOffline:
+    """`[modules.mod_offline]`: XEP-0160 offline messages, delivered at the next login."""
+
+    # Messages kept per user; one more is refused with resource-constraint.
+    max_user_offline_messages: int = setting(100, int_at_least(1))
+
+
+@dataclass(frozen=True)
+class ModCarboncopy:
+    """`[modules.mod_carboncopy]`: XEP-0280 message carbons."""
+
+
+@dataclass(frozen=True)
+class ModBlocking:
+    """`[modules.mod_blocking]`: XEP-0191 blocking command (on mod_privacy's storage)."""
+
+
+@dataclass(frozen=True)
+class ModPrivacy:
+    """`[modules.mod_privacy]`: XEP-0016 privacy lists."""
+
+
+@dataclass(frozen=True)
+class ModPrivate:
+    """`[modules.mod_private]`: XEP-0049 private XML storage."""
+
+
+@dataclass(frozen=True)
+class ModVcard:
+    """`[modules.mod_vcard]`: XEP-0054 vcard-temp; XEP-0055 search when `search`."""
+
+    search: bool = setting(False, lambda v: _bool(v))
+    matches: int = setting(30, int_at_least(1))
+
+
+@dataclass(frozen=True)
+class ModLast:
+    """`[modules.mod_last]`: XEP-0012 last activity."""
+
+
+@dataclass(frozen=True)
+class ModRegister:
+    """`[modules.mod_register]`: XEP-0077 in-band registration and password change."""
+
+
+@dataclass(frozen=True)
+class ModSic:
+    """`[modules.mod_sic]`: XEP-0279 server IP check."""
+
+
+@dataclass(frozen=True)
 class Modules:
     """`[modules]`: a module runs when its table is present."""
 
@@ -470,6 +535,17 @@ class Modules:
     mod_ping: ModPing | None = None
     mod_version: ModVersion | None = None
     mod_time: ModTime | None = None
+    mod_roster: ModRoster | None = None
+    mod_presence: ModPresence | None = None
+    mod_offline: ModOffline | None = None
+    mod_carboncopy: ModCarboncopy | None = None
+    mod_blocking: ModBlocking | None = None
+    mod_privacy: ModPrivacy | None = None
+    mod_private: ModPrivate | None = None
+    mod_vcard: ModVcard | None = None
+    mod_last: ModLast | None = None
+    mod_register: ModRegister | None = None
+    mod_sic: ModSic | None = None
 
 
 def graphite_prefix(value: Any) -> str:

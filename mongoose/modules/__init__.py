@@ -23,10 +23,16 @@ __all__ = ["start_all", "stop_all"]
 
 _started: list[Any] = []
 
+# Start order: storage-backed modules first, mod_presence after mod_roster (it reads
+# rosters), mod_blocking after mod_privacy (they share storage).
+ORDER = ("mod_disco", "mod_ping", "mod_version", "mod_time", "mod_roster", "mod_presence",
+         "mod_offline", "mod_privacy", "mod_blocking", "mod_carboncopy", "mod_private",
+         "mod_vcard", "mod_last", "mod_register", "mod_sic")
+
 
 def start_all(config: Config) -> list[str]:
     names = []
-    for name in ("mod_disco", "mod_ping", "mod_version", "mod_time"):
+    for name in ORDER:
         module_config = getattr(config.modules, name)
         if module_config is None:
             continue
