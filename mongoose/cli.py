@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -240,7 +241,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     while True:
         with contextlib.suppress(OSError, ValueError):
             if read_pidfile(pidfile) == child:
-                print(child)
+                print(json.dumps({"pid": child, "pidfile": str(pidfile)}) if args.json
+                      else child)
                 return EXIT_OK
         done, wait_status = os.waitpid(child, os.WNOHANG)
         if done:
@@ -338,7 +340,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     with contextlib.suppress(OSError, ValueError):
         if read_pidfile(pidfile) == pid:  # it died without cleaning up
             pidfile.unlink()
-    print(f"mongoose: node stopped (pid {pid})")
+    print(json.dumps({"stopped": pid}) if args.json else f"mongoose: node stopped (pid {pid})")
     return EXIT_OK
 
 
@@ -351,8 +353,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     pidfile = pidfile_path(cfg)
     state, pid = node_state(pidfile)
     if args.json:
-        import json
-
         report: dict[str, Any] = {"running": state == "running", "pid": pid,
                                   "pidfile": str(pidfile), "state": state}
         if state == "running":
@@ -441,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_START_TIMEOUT,
         help=f"how long to wait for the node to be up (default {DEFAULT_START_TIMEOUT:g})",
     )
+    start.add_argument("--json", action="store_true", help='print {"pid": ...} as JSON')
     start.set_defaults(func=cmd_start)
 
     stop = commands.add_parser(
@@ -458,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_STOP_TIMEOUT,
         help=f"how long to wait for the node to stop (default {DEFAULT_STOP_TIMEOUT:g})",
     )
+    stop.add_argument("--json", action="store_true", help='print {"stopped": pid} as JSON')
     stop.set_defaults(func=cmd_stop)
 
     status = commands.add_parser(

@@ -147,12 +147,23 @@ def test_start_returns_once_up_and_stop_stops_it(config: Path, pidfile: Path) ->
     again = mongoose("start", "--config", str(config), cwd=config.parent)
     assert again.returncode == 1 and f"already running with pid {pid}" in again.stderr
 
-    stopped = mongoose("stop", "--config", str(config), cwd=config.parent)
+    report = json.loads(mongoose("status", "--config", str(config), "--json",
+                                 cwd=config.parent).stdout)
+    assert report["running"] is True and report["pid"] == pid
+    assert report["status"] == "running" and report["uptime_s"] > 0
+
+    stopped = mongoose("stop", "--config", str(config), "--json", cwd=config.parent)
     assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout) == {"stopped": pid}
     assert not running(pid) and not pidfile.exists()
     assert '"what":"node_stopped"' in log.read_text()
     status = mongoose("status", "--config", str(config), cwd=config.parent)
     assert (status.returncode, status.stdout.strip()) == (1, "mongoose: no node is running")
+    status = mongoose("status", "--config", str(config), "--json", cwd=config.parent)
+    assert status.returncode == 1 and json.loads(status.stdout)["running"] is False
+    started = mongoose("start", "--config", str(config), "--json", cwd=config.parent)
+    assert started.returncode == 0 and json.loads(started.stdout)["pid"] > 0
+    assert mongoose("stop", "--config", str(config), cwd=config.parent).returncode == 0
 
 
 def test_stop_without_a_node_exits_1(config: Path) -> None:
