@@ -5,6 +5,7 @@ Run from the repository root, as root on a fresh machine (the peers come from De
     python bench/compare.py check                     # install, start, log in, stop; no load
     python bench/compare.py one_to_one --users 1000 --rate 2000 --duration 10
     python bench/compare.py connect --users 2000 --tls starttls
+    python bench/compare.py presence --users 1000 --roster-size 20 --duration 30
     python bench/compare.py max-rate --users 1000 --duration 10 --start 500
 
 Each scenario of ``bench/xmppload.py`` (connect, one_to_one, presence, idle) runs against
@@ -40,6 +41,14 @@ Design
   iterations); Prosody as one ``accounts/<user>.dat`` file per user in its internal file
   store; ejabberd as rows of its SQLite ``users`` table (the schema is the package's own
   ``lite.sql``), in one transaction. In-band registration is off everywhere.
+* **So are the rosters** (``presence --roster-size R``): each user's R ring neighbours
+  with subscription both, written after the accounts by ``bench/roster_setup.py``: ours
+  as rows of our SQLite store's roster tables, Prosody as ``roster/<user>.dat`` files of
+  its file store, ejabberd as ``rosterusers`` rows in its SQLite file (``mod_roster``
+  with ``db_type: sql``). Each was checked against what the server writes itself.
+  ``[modules.mod_roster]`` and ``[modules.mod_presence]`` are in our config; a table
+  whose module is not in the tree is left out (with a note), so the other scenarios run
+  while those modules are being written.
 * **Password storage follows the mechanism** (``--peer-passwords auto``): PLAIN runs give
   the peers plaintext passwords (Prosody ``internal_plain``, ejabberd ``plain``), the
   cheapest thing for them to check; SCRAM-SHA-256 runs give them SCRAM-SHA-256 secrets
@@ -415,6 +424,7 @@ class Setup:
     users: int
     mechanism: str  # PLAIN or SCRAM-SHA-256
     peer_passwords: str  # plain or hashed
+    roster_size: int = 0  # contacts per user (presence); 0: no rosters
 
 
 @dataclass
@@ -427,6 +437,7 @@ class Server:
     plain_port: int = 0
     tls_port: int = 0
     accounts: dict[str, Any] = field(default_factory=dict)
+    rosters: dict[str, Any] = field(default_factory=dict)
     prepared: bool = False
 
     def port(self, tls: str) -> int:
@@ -435,10 +446,10 @@ class Server:
     def ports(self) -> list[int]:
         return [self.plain_port, self.tls_port]
 
-    # Subclasses: write_config(), create_accounts(), command().
+    # Subclasses: write_config(), create_accounts(), create_rosters(), command().
 
     def prepare(self) -> None:
-        """Run directory, config and accounts, once per invocation."""
+        """Run directory, config, accounts and rosters, once per invocation."""
         if self.prepared:
             return
         if self.run_dir.exists():
@@ -453,6 +464,16 @@ class Server:
                          "per_s": round(self.setup.users / seconds), "how": how}
         say(f"{self.name}: {self.setup.users} accounts in {seconds:.1f} s "
             f"({self.setup.users / seconds:,.0f}/s), {how}")
+        if self.setup.roster_size:
+            size = self.setup.roster_size
+            started = time.perf_counter()
+            contacts = self.create_rosters(size)
+            seconds = time.perf_counter() - started
+            self.rosters = {"roster_size": size, "contacts": contacts,
+                            "seconds": round(seconds, 2),
+                            "per_s": round(contacts / seconds) if seconds else None}
+            say(f"{self.name}: rosters of {size} contacts, {contacts} rows in "
+                f"{seconds:.1f} s ({contacts / seconds:,.0f}/s)")
         self.prepared = True
 
     def render(self, template: str, out: str, **values: str) -> Path:
@@ -473,6 +494,13 @@ class Server:
 
     def create_accounts(self) -> str:
         raise NotImplementedError
+
+    def create_rosters(self, roster_size: int) -> int:
+        """Write every user's roster (bench/roster_setup.py); the contacts written."""
+        raise NotImplementedError
+
+    def _roster_args(self, roster_size: int) -> tuple[str, str, int, int, int]:
+        return DOMAIN, USER_PREFIX, 1, self.setup.users, roster_size
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         raise NotImplementedError
@@ -538,7 +566,16 @@ class Mongoose(Server):
     """Ours: `python -m mongoose foreground`, two workers, run directory as the cwd."""
 
     def write_config(self) -> None:
-        shutil.copy(PEERS / "mongoose.toml", self.run_dir / "mongoose.toml")
+        text = (PEERS / "mongoose.toml").read_text()
+        # While mod_roster and mod_presence are being written, a tree may lack them: a
+        # table naming a missing module would stop the node from starting.
+        for name in re.findall(r"^\[modules\.(\w+)\]", text, re.M):
+            if not (ROOT / "mongoose" / "modules" / f"{name}.py").is_file():
+                say(f"{self.name}: mongoose/modules/{name}.py is missing: [modules.{name}] "
+                    "left out of the config")
+                text = re.sub(rf"^\[modules\.{name}\]\n(?:[^\[\n].*\n)*", "", text,
+                              flags=re.M)
+        (self.run_dir / "mongoose.toml").write_text(text)
         self.plain_port, self.tls_port = 5522, 5523
 
     def create_accounts(self) -> str:
@@ -548,6 +585,12 @@ class Mongoose(Server):
              "-c", "mongoose.toml"],
             cwd=self.run_dir, check=True, stdout=subprocess.DEVNULL)
         return f"mongoose account bulk-register, SCRAM-SHA-256 secrets, {ITERATIONS} iterations"
+
+    def create_rosters(self, roster_size: int) -> int:
+        from roster_setup import mongoose_rosters
+
+        return mongoose_rosters(self.run_dir / "data" / "mongoose.db",
+                                *self._roster_args(roster_size))
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         return ([sys.executable, "-m", "mongoose", "foreground", "-c", "mongoose.toml"],
@@ -590,6 +633,11 @@ class Prosody(Server):
             finally:
                 os.close(fd)
         return how
+
+    def create_rosters(self, roster_size: int) -> int:
+        from roster_setup import prosody_rosters
+
+        return prosody_rosters(self.run_dir / "data", *self._roster_args(roster_size))
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         binary = shutil.which("prosody") or "/usr/bin/prosody"
@@ -647,6 +695,11 @@ class Ejabberd(Server):
             db.close()
         return how
 
+    def create_rosters(self, roster_size: int) -> int:
+        from roster_setup import ejabberd_rosters
+
+        return ejabberd_rosters(self.run_dir / "ejabberd.db", *self._roster_args(roster_size))
+
     def command(self) -> tuple[list[str], dict[str, str]]:
         lib = _ejabberd_lib()
         assert lib is not None
@@ -703,6 +756,7 @@ class Load:
     login_rate: float
     processes: int
     extra: list[str]
+    roster_size: int = 0  # presence: contacts per user, passed on as --roster-size
 
 
 class Generator:
@@ -730,6 +784,8 @@ class Generator:
             "--results", str(out_dir), "--server-pid", str(proc.pid),
             "--label", label, *load.extra,
         ]
+        if scenario == "presence" and load.roster_size:
+            argv += ["--roster-size", str(load.roster_size)]
         logins_s = load.users / (login_rate if login_rate > 0 else 200)
         timeout = 120 + 3 * logins_s + 2 * load.duration
         say(f"{label}: xmppload {scenario} ({load.users} users, tls {load.tls}, "
@@ -858,15 +914,23 @@ def cmd_check(args: argparse.Namespace, results: Path) -> dict[str, Any]:
 
 def cmd_scenario(args: argparse.Namespace, results: Path, generator: Generator
                  ) -> dict[str, Any]:
-    setup = Setup(args.users, args.mechanism, peer_passwords(args))
+    setup = Setup(args.users, args.mechanism, peer_passwords(args),
+                  roster_size=getattr(args, "roster_size", 0))
     load = make_load(args)
     summaries: dict[str, Any] = {}
     accounts: dict[str, Any] = {}
+    rosters: dict[str, Any] = {}
     for server in make_servers(args.servers, results, setup):
         with server.running(load.tls) as proc:
             summaries[server.name] = generator.run(
                 args.command, server, proc, load, label=f"{args.command}-{server.name}")
         accounts[server.name] = server.accounts
+        rosters[server.name] = server.rosters
+    if args.command == "presence" and setup.roster_size:
+        print(presence_table(summaries))
+        return {"kind": "compare", "scenario": args.command, "params": vars_of(load),
+                "peer_passwords": setup.peer_passwords, "accounts": accounts,
+                "rosters": rosters, "results": summaries}
     header = ["server", "logins ok", "failed", "logins/s", "all online s", "sent",
               "delivered", "lost", "dup", "errors", "delivered/s", "p50 ms", "p95 ms",
               "p99 ms", "max ms", "RSS/session", "server CPU s"]
@@ -884,6 +948,29 @@ def cmd_scenario(args: argparse.Namespace, results: Path, generator: Generator
     return {"kind": "compare", "scenario": args.command, "params": vars_of(load),
             "peer_passwords": setup.peer_passwords, "accounts": accounts,
             "results": summaries}
+
+
+def presence_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """presence --roster-size: logins, then how fast and how completely presence spread."""
+    header = ["server", "logins ok", "failed", "logins/s", "all online s",
+              "pairs seen / expected", "time to full presence s", "pairs/s",
+              "presences received", "duplicates", "roster items", "echo p50 ms",
+              "server CPU s", "generator CPU s"]
+    rows = []
+    for name, s in summaries.items():
+        seen, expected = s.get("presence_pairs_seen"), s.get("presence_pairs_expected")
+        rows.append([name, _fmt(s.get("logins_ok")), _fmt(s.get("logins_failed")),
+                     _fmt(s.get("login_rate_per_s")), _fmt(s.get("time_to_all_online_s"), 2),
+                     f"{_fmt(seen)} / {_fmt(expected)}",
+                     _fmt(s.get("time_to_full_presence_s"), 2),
+                     _fmt(s.get("presence_pairs_per_s")),
+                     _fmt(s.get("presence_stanzas_received")),
+                     _fmt(s.get("presence_duplicates")),
+                     f"{_fmt(s.get('roster_items_received'))} / "
+                     f"{_fmt(s.get('roster_items_expected'))}",
+                     _fmt(s.get("latency_p50_ms"), 2), _fmt(s.get("server_cpu_s"), 2),
+                     _fmt(s.get("generator_cpu_s"), 2)])
+    return table(header, rows)
 
 
 def passes(summary: dict[str, Any], rate: float) -> tuple[bool, str]:
@@ -1023,7 +1110,7 @@ def make_load(args: argparse.Namespace) -> Load:
     return Load(users=args.users, tls=args.tls, mechanism=args.mechanism,
                 rate=getattr(args, "rate", 1000.0), duration=args.duration,
                 login_rate=args.login_rate, processes=args.processes,
-                extra=list(args.generator_args))
+                extra=list(args.generator_args), roster_size=getattr(args, "roster_size", 0))
 
 
 def vars_of(load: Load) -> dict[str, Any]:
@@ -1063,6 +1150,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         sub = commands.add_parser(scenario, help=f"the {scenario} scenario on each server")
         common(sub)
         sub.add_argument("--rate", type=float, default=1000.0, help="messages/s in total")
+        if scenario == "presence":
+            sub.add_argument("--roster-size", type=int, default=0,
+                             help="R contacts per user (even, less than --users), written "
+                             "into each server's storage before its first start; the run "
+                             "waits up to --duration s after the logins for every "
+                             "contact's presence")
     maxrate = commands.add_parser("max-rate", help="highest sustainable one_to_one rate, "
                                   "then RSS per idle session and login rate")
     common(maxrate)
@@ -1078,6 +1171,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
     if args.users < 1:
         parser.error("--users must be at least 1")
+    roster_size = getattr(args, "roster_size", 0)
+    if roster_size and (roster_size < 0 or roster_size % 2 or roster_size >= args.users):
+        parser.error("--roster-size must be even and less than --users")
     return args
 
 

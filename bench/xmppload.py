@@ -1,15 +1,18 @@
-"""XMPP load generator: logins, one-to-one chat, presence echo and idle sessions against any
-standard XMPP server (this one, Prosody, ejabberd), measured from the client side.
+"""XMPP load generator: logins, one-to-one chat, presence to rosters and idle sessions against
+any standard XMPP server (this one, Prosody, ejabberd), measured from the client side.
 
 Run from the repository root::
 
     python bench/xmppload.py connect --port 5222 --users 10000
     python bench/xmppload.py one_to_one --users 1000 --rate 10000 --duration 30
     python bench/xmppload.py idle --users 10000 --server-pid 1234
+    python bench/xmppload.py presence --users 1000 --roster-size 20 --duration 30
+    python bench/xmppload.py presence --force         # no rosters: each user's own echo
     python bench/xmppload.py one_to_one --quick       # smoke test (tests/test_bench_xmppload.py)
 
 Users are ``PREFIX{first}`` .. ``PREFIX{first+N-1}`` on ``--domain``, all with one password,
-registered beforehand (``mongoose account bulk-register``, ``prosodyctl``, ``ejabberdctl``).
+registered beforehand (``mongoose account bulk-register``, ``prosodyctl``, ``ejabberdctl``);
+for presence with ``--roster-size`` their rosters too (``bench/roster_setup.py``).
 
 Design
 ------
@@ -44,6 +47,19 @@ Design
   ends the run drains until every message is accounted for (delivered or bounced with
   ``type='error'``) or 5 s have passed; ``lost`` is ``sent - delivered``, bounces included
   (and also counted in ``errors``).
+* **Presence with rosters** (``presence --roster-size R``). User i's contacts are its
+  ring neighbours i ± 1 .. i ± R/2 modulo N (:func:`roster_contacts`; R even and less
+  than N), a symmetric relation, so every contact has subscription both; the server must
+  hold these rosters already. Each session sends a roster get and its initial presence
+  in one write right after binding, and the server does the rest: it broadcasts the
+  presence to the contacts online and probes them, whose answers come back. Each ordered
+  (receiver, contact) pair should arrive once; whichever of broadcast and probe answer
+  comes first counts. A session keeps a bitmap of its contacts seen (a bit per contact
+  slot, :func:`contact_slot`) and reads only a presence's start tag: no ``type``
+  attribute (available), and the user index in ``from``. Its own presence (``from``
+  itself, or no ``from``) is the echo, timed as with ``--force``. The roster result's
+  ``<item`` tags are counted, to tell that the server read the rosters. After the logins
+  the run waits until every expected pair is seen or ``--duration`` s have passed.
 * **Source addresses.** Against a loopback host, connection i binds its local address to
   127.0.0.(1 + i % K) (``--source-addresses K``, with ``IP_BIND_ADDRESS_NO_PORT``), so
   100k connections fit in the ephemeral port range. The soft RLIMIT_NOFILE is raised to
@@ -58,17 +74,21 @@ skipped with a note on stderr when matplotlib is missing: ``pip install -e .[ben
 * ``{"kind": "tick", "t", "dt", "phase", "online", ...}``: one per second of the measured
   phase, cut from the workers' reports at whole seconds since its start (``t``). Counts
   are over the interval (``dt`` s, 1 except for the last, partial one). connect and
-  presence (phase ``login``, then ``echo``): ``logins_ok``, ``logins_failed`` (and
-  ``echoes``); one_to_one (``send``, then ``drain``): ``sent``, ``delivered``, ``errors``,
-  ``latency_p50_ms``, ``latency_p99_ms`` (of the messages received in the interval, null
-  if none); idle (``hold``): ``rss_bytes`` (null without ``--server-pid``).
+  presence (phase ``login``, then ``echo`` with ``--force`` or ``presence`` with
+  ``--roster-size``): ``logins_ok``, ``logins_failed``, and for presence ``echoes``,
+  ``presences`` (available presences from others received), ``pairs`` (contact pairs
+  seen for the first time) and ``pairs_seen`` (all so far); one_to_one (``send``, then
+  ``drain``): ``sent``, ``delivered``, ``errors``, ``latency_p50_ms``, ``latency_p99_ms``
+  (of the messages received in the interval, null if none); idle (``hold``):
+  ``rss_bytes`` (null without ``--server-pid``).
 * ``{"kind": "summary", ...}``: exactly one, always the last line. Keys (null where a
   figure does not apply): scenario, label, users, logins_ok, logins_failed,
   login_rate_per_s, time_to_all_online_s, sent, delivered, lost, duplicated, errors,
   delivered_per_s, latency_p50_ms, latency_p95_ms, latency_p99_ms, latency_max_ms,
   rss_before_bytes, rss_after_bytes, rss_per_session_bytes, generator_cpu_s, elapsed_s,
   results_dir; then ``params`` (the options used), ``available`` (false only for presence
-  without ``--force``, with ``reason``) and the extras listed at :func:`summary`.
+  with neither ``--roster-size`` nor ``--force``, with ``reason``) and the extras listed at
+  :func:`summary`.
 
 What the figures mean: ``time_to_all_online_s`` runs from the common login start to the
 last successful login (so with failures it is the time until all that succeeded were
@@ -79,6 +99,21 @@ over every delivered message (presence --force: over the echoes, with ``sent`` t
 presences, ``delivered`` the echoes). ``rss_per_session_bytes`` is (RSS after - RSS
 before) / sessions online at the end, RSS summed over the ``--server-pid`` processes and
 their children. ``generator_cpu_s`` is the CPU time of all the generator's processes.
+
+Presence with rosters: ``presence_pairs_expected`` is the number of ordered pairs
+(receiver i, contact j) with both logged in (N * R when every login succeeds);
+``presence_pairs_seen`` those for which i received an available presence from j;
+``presence_complete`` whether all were; ``time_to_full_presence_s`` runs from the common
+login start to the first presence of the last pair (null when some pair is missing:
+then read ``presence_pairs_missing``, the shortfall when ``--duration`` ran out);
+``presence_pairs_per_s`` is pairs seen over that time (or the time to the last pair
+seen). ``presence_stanzas_received`` counts every available presence from another user,
+duplicates included: ``presence_duplicates`` (the copies beyond the first of a pair, a
+probe answer and a broadcast that both arrived) and ``presence_from_non_contacts``
+(should be 0). ``roster_items_received`` against ``roster_items_expected`` (logins_ok * R)
+tells whether the server read the rosters provisioned. ``sent``/``delivered``/``lost``
+and the latencies are those of the echoes, as with ``--force``; the echo follows the
+roster result, so it includes the roster's read.
 
 Measured here (2 vCPUs shared with the server, plain TCP, PLAIN, 1000 users, noisy VM):
 against this server one generator process spends 35-45 µs of CPU per message (its send
@@ -134,6 +169,7 @@ STREAM_HEADER = (
     "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
 )
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+ROSTER_GET = b"<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>"
 
 _FEATURES = re.compile(rb"</stream:features>|<stream:features\s*/>")
 _PROCEED = re.compile(rb"<proceed[^>]*>|<failure[^>]*>")
@@ -150,13 +186,47 @@ _NAME = re.compile(rb"[^\s/>]+")
 _TYPE_ERROR = re.compile(rb"""\stype\s*=\s*['"]error['"]""")
 _TYPE_RESULT = re.compile(rb"""\stype\s*=\s*['"]result['"]""")
 _TYPE_GET = re.compile(rb"""\stype\s*=\s*['"]get['"]""")
-_TYPE_UNAVAILABLE = re.compile(rb"""\stype\s*=\s*['"](unavailable|error)['"]""")
+_TYPE = re.compile(rb"""\stype\s*=""")
 _ID = re.compile(rb"""\sid\s*=\s*['"]([^'"]*)['"]""")
 _FROM = re.compile(rb"""\sfrom\s*=\s*['"]([^'"]*)['"]""")
 
 
 def log(text: str) -> None:
     print(f"xmppload: {text}", file=sys.stderr, flush=True)
+
+
+# -- the rosters of the presence scenario ------------------------------------------------
+
+
+def roster_contacts(index: int, first: int, users: int, roster_size: int) -> list[int]:
+    """User ``index``'s contacts: its ring neighbours ``index ± 1 .. index ± R/2``, modulo
+    the ``users`` users numbered from ``first`` (R even, R < users). The relation is
+    symmetric, so every contact is one with subscription both."""
+    position, half = index - first, roster_size // 2
+    return [first + (position + step) % users for d in range(1, half + 1)
+            for step in (d, -d)]
+
+
+def contact_slot(receiver: int, sender: int, first: int, users: int,
+                 roster_size: int) -> int | None:
+    """Where ``sender`` sits among ``receiver``'s contacts (0 .. R-1), None if it is not
+    one of them."""
+    if not first <= sender < first + users:
+        return None
+    half = roster_size // 2
+    d = (sender - receiver) % users
+    if 0 < d <= half:
+        return 2 * (d - 1)
+    if users - half <= d < users:
+        return 2 * (users - d) - 1
+    return None
+
+
+def expected_pairs(online: list[int], first: int, users: int, roster_size: int) -> int:
+    """Ordered (receiver, contact) pairs with both ends among ``online``."""
+    there = set(online)
+    return sum(1 for i in online for j in roster_contacts(i, first, users, roster_size)
+               if j in there)
 
 
 # -- one client connection ---------------------------------------------------------------
@@ -183,6 +253,7 @@ class Client(asyncio.Protocol):
         self.out: list[bytes] = []
         self.presence_ns = 0
         self.echoed = False
+        self.contacts_seen = 0  # presence --roster-size: a bit per contact slot
 
     # -- asyncio protocol
 
@@ -300,7 +371,9 @@ class Client(asyncio.Protocol):
         self.step = "presence"
         if w.opts.scenario == "presence":
             self.presence_ns = time.time_ns()
-        self.transport.write(b"<presence/>")
+        # With rosters, ask for the roster first, as a client does (RFC 6121 §2.1.3), in
+        # the same write: the session does not wait for the answer.
+        self.transport.write(ROSTER_GET + b"<presence/>" if w.roster_size else b"<presence/>")
         # No await between the presence and this: its echo is handled by _stanzas.
         self.running = True
         self._stanzas(b"")
@@ -424,13 +497,16 @@ class Client(asyncio.Protocol):
                     break
                 end += len(name) + 3
             if name == b"presence":
-                if not self.echoed and self.presence_ns \
-                        and not _TYPE_UNAVAILABLE.search(buf, lt, gt):
-                    self.echoed = True
-                    w.echo((now_ns or time.time_ns()) - self.presence_ns)
+                if not now_ns:
+                    now_ns = time.time_ns()
+                self._presence(buf, lt, gt, now_ns)
             elif name == b"iq":
                 if _TYPE_GET.search(buf, lt, gt) and find(b"urn:xmpp:ping", gt, end) >= 0:
                     self._pong(buf[lt:gt])
+                elif find(b"roster", lt, gt) >= 0 and _TYPE_RESULT.search(buf, lt, gt) \
+                        and _is_roster_id(buf, lt, gt):
+                    w.rosters += 1
+                    w.roster_items += buf.count(b"<item", gt, end)
             elif name == b"stream:error":
                 error = _STREAM_ERROR.search(buf, lt)
                 w.stream_errors[error.group(1).decode() if error else "unknown"] += 1
@@ -439,6 +515,38 @@ class Client(asyncio.Protocol):
         if delivered:
             w.delivered += delivered
             w.last_delivery = now_ns / 1e9
+
+    def _presence(self, buf: bytes, lt: int, gt: int, now_ns: int) -> None:
+        """An available presence (no type) from someone else counts for its sender's
+        contact slot; one from ourselves (or without ``from``) is the echo."""
+        w = self.w
+        if buf.find(b"type", lt, gt) >= 0 and _TYPE.search(buf, lt, gt):
+            return  # unavailable, error, or a subscription request: not availability
+        sender = _FROM.search(buf, lt, gt)
+        index = -1
+        if sender is not None:
+            jid = sender.group(1)
+            at = jid.find(b"@")
+            local = jid[:at] if at > 0 else b""
+            if local.startswith(w.prefix_bytes) and local[len(w.prefix_bytes):].isdigit():
+                index = int(local[len(w.prefix_bytes):])
+            else:
+                index = -2  # not one of the run's users
+        if sender is None or index == self.index:
+            if not self.echoed and self.presence_ns:
+                self.echoed = True
+                w.echo(now_ns - self.presence_ns)
+            return
+        w.presences += 1
+        slot = w.contact_slot(self.index, index) if w.roster_size else None
+        if slot is None:
+            w.strangers += 1
+            return
+        bit = 1 << slot
+        if not self.contacts_seen & bit:
+            self.contacts_seen |= bit
+            w.pairs += 1
+            w.last_pair = now_ns / 1e9
 
     def _pong(self, head: bytes) -> None:
         ident = _ID.search(head)
@@ -482,6 +590,8 @@ class Worker:
         self.conn = conn
         self.domain = opts.domain
         self.prefix = opts.user_prefix
+        self.prefix_bytes = opts.user_prefix.encode()
+        self.roster_size = opts.roster_size if opts.scenario == "presence" else 0
         self.password = opts.password
         self.tls = opts.tls
         self.mechanism = opts.mechanism
@@ -506,6 +616,11 @@ class Worker:
         self.last_ok = 0.0
         self.sent = self.delivered = self.duplicated = self.errors = self.echoes = 0
         self.stale = 0
+        # presence: available presences from others (duplicates included), distinct
+        # (receiver, contact) pairs seen, presences from non-contacts, roster results
+        # and the items in them; last_pair: when the latest new pair was seen.
+        self.presences = self.pairs = self.strangers = self.rosters = self.roster_items = 0
+        self.last_pair = 0.0
         self.run_id = opts.run_id.encode()
         self.last_delivery = 0.0
         self.latencies = array.array("q")  # µs, since the last report
@@ -522,6 +637,11 @@ class Worker:
         self.echoes += 1
         self.latencies.append(latency_ns // 1000)
 
+    def contact_slot(self, receiver: int, sender: int) -> int | None:
+        """The sender's bit in the receiver's contact bitmap, None if not a contact."""
+        return contact_slot(receiver, sender, self.opts.first_user, self.opts.users,
+                            self.roster_size)
+
     def client_lost(self, client: Client) -> None:
         self.online -= 1
         if not client.stopping:
@@ -534,7 +654,9 @@ class Worker:
         return {"ok": self.ok, "failed": self.failed, "online": self.online,
                 "disconnects": self.disconnects, "sent": self.sent, "delivered": self.delivered,
                 "duplicated": self.duplicated, "errors": self.errors, "echoes": self.echoes,
-                "stale": self.stale,
+                "stale": self.stale, "presences": self.presences, "pairs": self.pairs,
+                "strangers": self.strangers, "rosters": self.rosters,
+                "roster_items": self.roster_items, "last_pair": self.last_pair,
                 "last_delivery": self.last_delivery, "latencies": latencies.tobytes()}
 
     async def _reporter(self, base: float) -> None:
@@ -711,6 +833,11 @@ class Worker:
                     client.transport.write(b" ")
 
 
+def _is_roster_id(buf: bytes, lt: int, gt: int) -> bool:
+    ident = _ID.search(buf, lt, gt)
+    return ident is not None and ident.group(1) == b"roster"
+
+
 def _reason(client: Client, error: BaseException) -> str:
     if isinstance(error, LoginError):
         return str(error)
@@ -777,7 +904,7 @@ class Run:
 
     # the phases with ticks, per scenario
     MEASURED: ClassVar[dict[str, tuple[str, ...]]] = {
-        "connect": ("login",), "presence": ("login", "echo"),
+        "connect": ("login",), "presence": ("login", "echo", "presence"),
         "one_to_one": ("send", "drain"), "idle": ("hold",)}
 
     def __init__(self, opts: argparse.Namespace, out: Output) -> None:
@@ -805,6 +932,7 @@ class Run:
         self.rss_after: int | None = None
         self.server_cpu_start: float | None = None
         self.server_cpu: float | None = None
+        self.pairs_expected: int | None = None  # presence --roster-size
 
     # -- processes and messages
 
@@ -894,9 +1022,11 @@ class Run:
         """Counters summed over the workers' latest reports (or over ``reports``)."""
         reports = list(self.latest.values() if reports is None else reports)
         keys = ("ok", "failed", "online", "disconnects", "sent", "delivered", "duplicated",
-                "errors", "echoes", "stale")
+                "errors", "echoes", "stale", "presences", "pairs", "strangers", "rosters",
+                "roster_items")
         total = {k: sum(c[k] for c in reports) for k in keys}
         total["last_delivery"] = max((c["last_delivery"] for c in reports), default=0.0)
+        total["last_pair"] = max((c["last_pair"] for c in reports), default=0.0)
         return total
 
     # -- phases
@@ -951,13 +1081,21 @@ class Run:
             self.deadline = start + self.opts.duration
             self._measure(start)
             log(f"holding {total['online']} sessions for {self.opts.duration:g} s")
+        elif self.opts.roster_size:
+            online = [i for o in self.online_info.values() for i in o["indices"]]
+            self.pairs_expected = expected_pairs(online, self.opts.first_user,
+                                                 self.opts.users, self.opts.roster_size)
+            self.phase = "presence"
+            self.deadline = now + self.opts.duration
+            log(f"waiting up to {self.opts.duration:g} s for {self.pairs_expected} "
+                f"presence pairs ({total['pairs']} seen so far)")
         else:
             self.phase = "echo"
             self.deadline = now + ECHO_WAIT_S
 
     def _next_event(self) -> float:
         candidates = [self.next_progress or math.inf]
-        if self.phase in ("send", "drain", "hold", "echo"):
+        if self.phase in ("send", "drain", "hold", "echo", "presence"):
             candidates.append(self.deadline)
         return min(candidates)
 
@@ -986,6 +1124,13 @@ class Run:
             total = self.totals()
             if total["echoes"] >= total["ok"] or now >= self.deadline:
                 self._stop(now)
+        elif phase == "presence":
+            seen, expected = self.totals()["pairs"], self.pairs_expected or 0
+            if seen >= expected or now >= self.deadline:
+                log(f"presence: {seen} of {expected} contact pairs seen"
+                    + (f"; {expected - seen} missing after {self.opts.duration:g} s"
+                       if seen < expected else ""))
+                self._stop(now)
 
     def _tick(self, end: float, total: dict[str, Any], samples: array.array[int]) -> None:
         """One tick line: counts over the interval that ends at ``end`` (``dt`` long)."""
@@ -1003,6 +1148,9 @@ class Run:
             tick["logins_failed"] = total["failed"] - prev["failed"]
             if scenario == "presence":
                 tick["echoes"] = total["echoes"] - prev["echoes"]
+                tick["presences"] = total["presences"] - prev["presences"]
+                tick["pairs"] = total["pairs"] - prev["pairs"]
+                tick["pairs_seen"] = total["pairs"]
         elif scenario == "one_to_one":
             samples = sorted(samples)
             tick.update(sent=total["sent"] - prev["sent"],
@@ -1058,6 +1206,7 @@ class Run:
             ("sent", "delivered", "lost", "duplicated", "errors", "delivered_per_s",
              "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_max_ms",
              "sent_per_s", "generator_cpu_us_per_msg"))
+        presence: dict[str, Any] = {}
         if scenario == "one_to_one":
             sent, delivered = total["sent"], total["delivered"]
             span = total["last_delivery"] - self.send_start
@@ -1069,6 +1218,7 @@ class Run:
                 generator_cpu_us_per_msg=round(cpu_run / sent * 1e6, 2) if sent else None)
         elif scenario == "presence":
             figures.update(sent=ok, delivered=total["echoes"], lost=ok - total["echoes"])
+            presence = self._presence_figures(total)
         if samples:
             figures.update(latency_p50_ms=_ms(_percentile(samples, 50)),
                            latency_p95_ms=_ms(_percentile(samples, 95)),
@@ -1102,7 +1252,29 @@ class Run:
             login_failure_reasons=dict(reasons.most_common(10)),
             stream_errors=dict(stream_errors),
             processes=len(self.procs),
+            **presence,
         )
+
+    def _presence_figures(self, total: dict[str, Any]) -> dict[str, Any]:
+        """The presence scenario's extras (see :func:`summary`)."""
+        figures: dict[str, Any] = {
+            "roster_size": self.opts.roster_size,
+            "presence_stanzas_received": total["presences"],
+            "presence_from_non_contacts": total["strangers"]}
+        if not self.opts.roster_size:
+            return figures
+        expected, seen = self.pairs_expected or 0, total["pairs"]
+        complete = seen >= expected
+        span = total["last_pair"] - self.login_start if seen else None
+        figures.update(
+            presence_pairs_expected=expected, presence_pairs_seen=seen,
+            presence_pairs_missing=max(0, expected - seen), presence_complete=complete,
+            time_to_full_presence_s=round(span, 3) if complete and span is not None else None,
+            presence_pairs_per_s=round(seen / span, 1) if span else None,
+            presence_duplicates=total["presences"] - total["strangers"] - seen,
+            roster_results=total["rosters"], roster_items_received=total["roster_items"],
+            roster_items_expected=total["ok"] * self.opts.roster_size)
+        return figures
 
 
 def summary(opts: argparse.Namespace, **figures: Any) -> dict[str, Any]:
@@ -1116,7 +1288,12 @@ def summary(opts: argparse.Namespace, **figures: Any) -> dict[str, Any]:
     ``sessions_at_end``; ``disconnects`` (sessions the server closed before the end);
     ``stale`` (messages of an earlier run that the server delivered during this one);
     ``login_failure_reasons`` (the 10 commonest, with counts); ``stream_errors``;
-    ``processes`` (workers actually used)."""
+    ``processes`` (workers actually used); presence: ``roster_size``,
+    ``presence_stanzas_received``, ``presence_from_non_contacts`` and, with
+    ``--roster-size``, ``presence_pairs_expected``, ``presence_pairs_seen``,
+    ``presence_pairs_missing``, ``presence_complete``, ``time_to_full_presence_s``,
+    ``presence_pairs_per_s``, ``presence_duplicates``, ``roster_results``,
+    ``roster_items_received``, ``roster_items_expected`` (see the module docstring)."""
     record: dict[str, Any] = {"kind": "summary", "scenario": opts.scenario, "label": opts.label,
                               "params": params(opts)}
     for key in ("users", "logins_ok", "logins_failed", "login_rate_per_s",
@@ -1230,6 +1407,19 @@ def plot(path: Path, record: dict[str, Any], ticks: list[dict[str, Any]]) -> boo
                         label=name)
         bottom.set_ylabel("latency, ms")
         bottom.legend()
+    elif scenario == "presence" and record.get("presence_pairs_expected") is not None:
+        top.plot(t, per_s("presences"), label="presences received/s")
+        top.plot(t, per_s("pairs"), label="new contact pairs/s")
+        top.plot(t, per_s("logins_ok"), label="logins ok/s")
+        top.set_ylabel("per second")
+        top.legend()
+        expected = record["presence_pairs_expected"] or 1
+        bottom.plot([0.0, *t], [0.0, *(100 * x["pairs_seen"] / expected for x in ticks)],
+                    label="contact pairs seen, %")
+        bottom.plot([0.0, *t], [0.0, *(100 * x["online"] / record["users"] for x in ticks)],
+                    label="users online, %")
+        bottom.set_ylabel("% of expected")
+        bottom.legend()
     elif scenario in ("connect", "presence"):
         ok = per_s("logins_ok")
         width = [-0.8 * x["dt"] for x in ticks]  # each bar left of its interval's end
@@ -1296,9 +1486,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a server process (repeatable): its RSS and CPU, children included")
     add("--label", default=None, help="name of the server under test, echoed in the output")
     add("--roster-size", type=_non_negative(int), default=0,
-        help="presence: contacts per user (rosters are not set up yet) (default %(default)s)")
+        help="presence: R contacts per user, its ring neighbours i±1 .. i±R/2 (R even, "
+             "less than --users; the rosters must be in the server already: "
+             "bench/roster_setup.py) (default %(default)s)")
     add("--force", action="store_true",
-        help="presence: run without rosters, timing each user's own presence echo")
+        help="presence without rosters: time each user's own presence echo")
     add("--quick", action="store_true",
         help="smoke test: users 10, duration 2, rate 200, processes 1 "
              "(options given explicitly win)")
@@ -1309,6 +1501,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(opts, key) is None:
             setattr(opts, key, QUICK[key] if opts.quick else default)
     opts.processes = max(1, min(opts.processes, opts.users))
+    if opts.roster_size and (opts.roster_size % 2 or opts.roster_size >= opts.users):
+        parser.error(f"--roster-size {opts.roster_size}: must be even and less than --users "
+                     f"({opts.users})")
     if opts.source_addresses > 254:
         parser.error("--source-addresses: at most 254")
     if opts.results is None:
@@ -1360,15 +1555,15 @@ def main(argv: list[str] | None = None) -> int:
     opts.results.mkdir(parents=True, exist_ok=True)
     out = Output(opts.results)
     try:
-        if opts.scenario == "presence" and not opts.force:
+        if opts.scenario == "presence" and not opts.force and not opts.roster_size:
             usage = resource.getrusage(resource.RUSAGE_SELF)
             record = summary(
                 opts, users=opts.users, available=False,
                 generator_cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
                 elapsed_s=round(time.time() - started, 3),
-                reason="rosters are not implemented yet: presence fan-out needs "
-                       "--roster-size R contacts per user; --force measures only each "
-                       "user's own presence echo")
+                reason="presence needs --roster-size R (contacts per user, rosters "
+                       "provisioned in the server beforehand: bench/roster_setup.py) or "
+                       "--force (no rosters: each user's own presence echo)")
             ticks: list[dict[str, Any]] = []
         else:
             run = Run(opts, out)

@@ -35,9 +35,21 @@ Crashes and shutdown
     (:meth:`C2S.on_failure`); no other session is touched. The actor traps exits so that a
     supervisor's shutdown runs :meth:`C2S.on_stop`, which ends the stream with
     ``system-shutdown``: ``mongoose stop`` tells every client why it was disconnected.
-    Either way the session leaves the session table and its available presence is
-    followed by unavailable presence to the user's other resources and to directed
-    presence recipients.
+    Either way -- and after an untrappable kill too (:meth:`C2S.release`) -- the
+    session leaves the session table and its available presence is followed by
+    unavailable presence to the user's other resources, to its subscribers
+    (mod_presence, from the state it holds in memory: nothing to wait for) and to
+    directed presence recipients. A session lost with its whole worker is told about by
+    another process (:mod:`mongoose.sm`, "Sessions of a lost process").
+
+Modules in the session
+    A module keeps per-session state in ``mod_state[name]``, reacts through hooks
+    (``user_send_packet``, ``user_presence_update``, ``presence_probe``...), gets its
+    own messages to a session as ``("foreign", event)`` (hook ``foreign_event``), and
+    may :meth:`C2S.defer` a coroutine -- a storage call on :mod:`otp.blocking` -- that
+    the session awaits before it takes the next stanza or message, so order is kept
+    without blocking the loop. Presence probes for the user are answered here
+    (:meth:`C2S._answer_probe`), never written to the client.
 
 Stanzas from the client (``session_established``) are checked (``from`` must be the
 session's JID or absent, ``to`` a valid JID), stamped with the full JID, passed through
@@ -227,6 +239,10 @@ class C2S(otp.LoopActor):
         self.available = False
         self.last_presence: etree._Element | None = None
         self.directed: set[str] = set()
+        # Modules' per-session state, by module name (MongooseIM's mod state): a module
+        # keeps its own here; the session never reads it.
+        self.mod_state: dict[str, Any] = {}
+        self._deferred: list[tuple[Any, tuple[Any, ...]]] | None = None  # see defer()
         self.peer = _peer_address(self.transport)
         self._bindings: dict[str, bytes] | None = None
         self.ping_id: str | None = None
@@ -264,7 +280,7 @@ class C2S(otp.LoopActor):
         kind = message[0] if type(message) is tuple else message
         if kind == "route":
             self._deliver(message[1])
-            return None
+            return self._run_deferred() if self._deferred else None
         if kind == "tcp":
             return self._on_bytes(message[1])
         if kind == "tcp_closed":
@@ -278,7 +294,9 @@ class C2S(otp.LoopActor):
             self._close_with_error("conflict", "Replaced by new connection")
             return None
         if kind == "kick":  # mongoose session kick, or the account was removed
-            self._close_with_error("policy-violation", message[1])
+            # ("kick", text[, stream error condition]): policy-violation by default.
+            self._close_with_error(message[2] if len(message) > 2 else "policy-violation",
+                                   message[1])
             return None
         if kind == "tracers":
             self.tracers = message[1]
@@ -296,6 +314,10 @@ class C2S(otp.LoopActor):
         if kind == "ping_timeout":
             self._ping_timeout(message[1])
             return None
+        if kind == "foreign":  # a module's message to this session (foreign_event hook)
+            if not self.closed and hooks.has("foreign_event", self.host):
+                hooks.run("foreign_event", None, self.host, c2s=self, event=message[1])
+            return self._take_deferred()
         if kind == "info":
             return {"state": self.state, "jid": self.jid_str, "peer": self.peer,
                     "tls": self.tls_active, "available": self.available}
@@ -389,6 +411,9 @@ class C2S(otp.LoopActor):
                     body += (f"<mechanisms xmlns='{ns.SASL}'>" + "".join(
                         f"<mechanism>{m}</mechanism>" for m in mechanisms
                     ) + "</mechanisms>").encode()
+                if hooks.has("c2s_unauthenticated_features", self.host):
+                    body += b"".join(etree.tostring(f) for f in hooks.run(
+                        "c2s_unauthenticated_features", [], self.host, c2s=self))
             self._enter("wait_for_feature_before_auth")
         self._write(b"<stream:features>" + body + b"</stream:features>")
 
@@ -439,6 +464,8 @@ class C2S(otp.LoopActor):
                 return self._starttls()
             if tag == f"{{{ns.SASL}}}auth":
                 return self._auth(el)
+            if tag == f"{{{ns.CLIENT}}}iq" and self._may_ask_before_auth():
+                return self._unauthenticated_iq(el)
         elif state == "wait_for_sasl_response":
             if tag == f"{{{ns.SASL}}}response":
                 return self._sasl_response(el)
@@ -455,6 +482,39 @@ class C2S(otp.LoopActor):
             self._close_with_error("policy-violation" if tag in _NS_CLIENT_TAGS else
                                    "unsupported-stanza-type", f"unexpected {tag} in {state}")
         return None
+
+    # -- iq before authentication (in-band registration) -----------------------------------
+
+    def _may_ask_before_auth(self) -> bool:
+        """Whether an iq before login goes to ``c2s_unauthenticated_iq`` handlers: only
+        where SASL is offered too (after STARTTLS when the listener requires it)."""
+        return (self.tls_active or self.tls_mode != "starttls_required") and hooks.has(
+            "c2s_unauthenticated_iq", self.host)
+
+    def _unauthenticated_iq(self, el: etree._Element) -> Any:
+        """An iq before login (XEP-0077 registration): a ``c2s_unauthenticated_iq``
+        handler answers it with ``Stop(reply)``, the reply an element or an awaitable
+        of one (whose None means no answer); an iq no handler takes ends the stream as
+        any other stanza before login does. Each answer restarts the step's deadline."""
+        reply = hooks.run("c2s_unauthenticated_iq", None, self.host, c2s=self, iq=el,
+                          domain=self.host, ip=self.peer.rpartition(":")[0])
+        if reply is None:
+            self._close_with_error("not-authorized", "authenticate first")
+            return None
+        if isinstance(reply, etree._Element):
+            self._answer_before_auth(reply)
+            return None
+        return self._await_answer_before_auth(reply)
+
+    async def _await_answer_before_auth(self, pending: Any) -> None:
+        self._answer_before_auth(await pending)
+
+    def _answer_before_auth(self, reply: etree._Element | None) -> None:
+        if self.closed or self.state != "wait_for_feature_before_auth":
+            return
+        if reply is not None:
+            self._write(xmlstream.to_bytes(reply))
+        self._enter(self.state)
 
     # -- STARTTLS --------------------------------------------------------------------------
 
@@ -653,8 +713,9 @@ class C2S(otp.LoopActor):
 
     # -- session established: from the client ----------------------------------------------
 
-    def _established(self, el: etree._Element) -> None:
-        """A stanza from the client: handled by :meth:`_from_client`, counted here.
+    def _established(self, el: etree._Element) -> Any:
+        """A stanza from the client: handled by :meth:`_from_client`, counted here; the
+        work modules deferred meanwhile (:meth:`defer`), to await, if any.
 
         Per-stanza instrumentation is on the hot path: the counts go into batches
         (:class:`mongoose.instrument.Batch`, emitted every second), a few dict additions
@@ -682,6 +743,7 @@ class C2S(otp.LoopActor):
             if name == "message":
                 processed.observe("time", (now - self.mark_ns) // 1000)
             self.mark_ns = now
+        return self._take_deferred()
 
     def _from_client(self, el: etree._Element, name: str) -> Packet | None:
         """Check, stamp and route a stanza from the client; the packet routed, if any."""
@@ -739,6 +801,40 @@ class C2S(otp.LoopActor):
         self._write(data)
         self._counted_out(_NS_CLIENT_TAGS.get(reply.tag, ""), "error", data)
 
+    # Presence (RFC 6121 §4). The session keeps what concerns the user's own resources and
+    # directed presence; subscribers and contacts are mod_presence's (hooks
+    # user_presence_update, presence_probe, and the roster pushes it gets as foreign
+    # events), kept in mod_state and loaded when the session becomes available.
+
+    def defer(self, fn: Any, *args: Any) -> None:
+        """Have the session run ``await fn(*args)`` after the stanza or message it is
+        handling, before any other: a module's storage call (on :mod:`otp.blocking`)
+        that later stanzas must wait for. The session takes no stanza and no message
+        meanwhile (see :mod:`otp.actor`); the loop and other sessions go on."""
+        if self._deferred is None:
+            self._deferred = []
+        self._deferred.append((fn, args))
+
+    def _take_deferred(self) -> Any:
+        return self._run_deferred() if self._deferred else None
+
+    async def _run_deferred(self) -> None:
+        while self._deferred:
+            batch, self._deferred = self._deferred, None
+            for fn, args in batch:
+                if self.closed:
+                    return
+                await fn(*args)
+
+    def send_to_client(self, el: etree._Element) -> None:
+        """Write a stanza the server itself addresses to this client (an iq result, a
+        roster push): no routing, no hooks."""
+        data = xmlstream.to_bytes(el)
+        self._write(data)
+        if self.tracers is not None:
+            trace.emit(self.tracers, "received", self.jid_str, data)
+        self._counted_out(_NS_CLIENT_TAGS.get(el.tag, ""), el.get("type", ""), data)
+
     def _own_presence(self, el: etree._Element) -> None:
         """Presence without ``to``: this session's availability (RFC 6121 §4.2, §4.4)."""
         kind = el.get("type", "")
@@ -746,7 +842,7 @@ class C2S(otp.LoopActor):
             self._go_unavailable(el)
             return
         if kind not in ("",):
-            return  # probes and subscriptions to ourselves: rosters come later
+            return  # probes and subscription requests to ourselves mean nothing
         try:
             priority = int(el.findtext(f"{{{ns.CLIENT}}}priority") or 0)
         except ValueError:
@@ -764,6 +860,11 @@ class C2S(otp.LoopActor):
             for record in sm.sessions(self.bare_str):
                 if record[2] != self.pid:
                     otp.send(record[2], ("own_probe", self.jid_str, self.pid))
+        if hooks.has("user_presence_update", self.host):
+            # Subscribers (mod_presence); the initial presence also loads the roster,
+            # probes contacts and delivers waiting subscription requests (deferred).
+            hooks.run("user_presence_update", set(), self.host, c2s=self, element=el,
+                      initial=first, available=True)
         if first and hooks.has("user_available", self.host):
             hooks.run("user_available", None, self.host, jid=self.jid_str, c2s=self)
 
@@ -784,6 +885,19 @@ class C2S(otp.LoopActor):
             otp.send(pid, ("own_presence", packet_mod.from_element(
                 self.last_presence, self.jid_str, jid)))
 
+    def _answer_probe(self, packet: Packet) -> None:
+        """A presence probe for our user (RFC 6121 §4.3.2): never shown to the client;
+        answered with our last presence if we are available and the prober may see it
+        (the ``presence_probe`` hook: mod_presence says whether it is a subscriber)."""
+        if not self.available or self.last_presence is None or self.closed:
+            return
+        prober = packet[0]
+        if prober.partition("/")[0] != self.bare_str and not (
+                hooks.has("presence_probe", self.host) and hooks.run(
+                    "presence_probe", False, self.host, c2s=self, from_jid=prober)):
+            return
+        router.route(packet_mod.from_element(self.last_presence, self.jid_str, prober))
+
     def _go_unavailable(self, el: etree._Element | None) -> None:
         """Unavailable presence to our other resources and to everyone we sent directed
         presence to (RFC 6121 §4.6.3: also when we never sent initial presence)."""
@@ -801,8 +915,13 @@ class C2S(otp.LoopActor):
             if record[2] != self.pid:
                 otp.send(record[2], ("own_presence", packet_mod.from_element(
                     el, self.jid_str, f"{record[0]}/{record[1]}")))
+        sent: set[str] = set()  # bare JIDs that got it as subscribers (mod_presence)
+        if was_available and hooks.has("user_presence_update", self.host):
+            sent = hooks.run("user_presence_update", sent, self.host, c2s=self, element=el,
+                             initial=False, available=False)
         for target in sorted(self.directed):
-            router.route(packet_mod.from_element(el, self.jid_str, target))
+            if target.partition("/")[0] not in sent:
+                router.route(packet_mod.from_element(el, self.jid_str, target))
         self.directed.clear()
         if self.record is not None:
             self.record = sm.set_priority(self.record, None)
@@ -820,8 +939,17 @@ class C2S(otp.LoopActor):
 
     def _deliver(self, packet: Packet) -> None:
         if self.closed or self.state != "session_established":
-            if packet[2] != "presence":
+            if self.closed and self.record is None and packet[2] == "message" and (
+                    packet[3] != "error"):
+                # Our stream is gone and we have left the session table: route the
+                # message again, as for any full JID without a session (RFC 6121
+                # §8.5.3.2.1): another resource or offline storage takes it.
+                router.route(packet)
+            elif packet[2] != "presence":
                 router.bounce(packet, "service-unavailable")
+            return
+        if packet[3] == "probe" and packet[2] == "presence":
+            self._answer_probe(packet)  # the server answers probes; clients never see them
             return
         if hooks.has("user_receive_packet", self.host):
             result = hooks.run("user_receive_packet", packet, self.host, c2s=self, packet=packet)
@@ -932,6 +1060,7 @@ class C2S(otp.LoopActor):
 
     def _end_session(self, reason: str) -> None:
         """Leave the session table and tell others we are gone (runs once)."""
+        self._deferred = None  # work modules deferred dies with the session
         if self.record is None:
             return
         with contextlib.suppress(Exception):

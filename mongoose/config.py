@@ -467,13 +467,15 @@ class ModRoster:
     """`[modules.mod_roster]`: RFC 6121 rosters; XEP-0237 versioning when `versioning`."""
 
     versioning: bool = setting(False, lambda v: _bool(v))
-    # Contacts one user may have; a roster set beyond it gets resource-constraint.
+    # Contacts one user may have; a roster set or subscription beyond it gets not-allowed
+    # (RFC 6121 §2.3.3's condition for a roster over the server's limit).
     max_roster_size: int = setting(1000, int_at_least(1))
 
 
 @dataclass(frozen=True)
 class ModPresence:
-    """`[modules.mod_presence]`: RFC 6121 presence subscriptions and broadcast."""
+    """`[modules.mod_presence]`: RFC 6121 presence subscriptions and broadcast (needs
+    mod_roster)."""
 
 
 @dataclass(frozen=True)
@@ -510,6 +512,8 @@ class ModVcard:
 
     search: bool = setting(False, lambda v: _bool(v))
     matches: int = setting(30, int_at_least(1))
+    # Bytes a vCard may take serialized (its photo, mostly); a bigger one is refused.
+    max_vcard_size: int = setting(65536, int_at_least(1024))
 
 
 @dataclass(frozen=True)
@@ -518,8 +522,50 @@ class ModLast:
 
 
 @dataclass(frozen=True)
+class IpAccessRule:
+    """One rule of `modules.mod_register.ip_access`: an address or network, and whether
+    clients connecting from it may register."""
+
+    address: str
+    policy: str
+
+
+def ip_access_rules(value: Any) -> tuple[IpAccessRule, ...]:
+    """`ip_access = [{address = "127.0.0.0/8", policy = "allow"}, ...]`: networks as
+    Python's ipaddress writes them (a bare address is a /32 or /128)."""
+    import ipaddress
+
+    expected = ('a list of {address = "10.0.0.0/8", policy = "allow"} tables (policy '
+                '"allow" or "deny"; address an IP address or network)')
+    if not isinstance(value, list):
+        raise Invalid(expected)
+    rules = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"address", "policy"} or item[
+                "policy"] not in ("allow", "deny") or not isinstance(item["address"], str):
+            raise Invalid(expected)
+        try:
+            network = ipaddress.ip_network(item["address"], strict=False)
+        except ValueError:
+            raise Invalid(expected) from None
+        rules.append(IpAccessRule(str(network), item["policy"]))
+    return tuple(rules)
+
+
+@dataclass(frozen=True)
 class ModRegister:
-    """`[modules.mod_register]`: XEP-0077 in-band registration and password change."""
+    """`[modules.mod_register]`: XEP-0077 in-band registration, password change and
+    account removal.
+
+    Registration (before login) is allowed only to clients whose address matches an
+    `ip_access` rule with `policy = "allow"`: the first rule that matches decides, and
+    an address no rule matches may not register (MongooseIM allows everyone when
+    `ip_access` is empty; here an empty list allows no one). `password_strength`: the
+    least entropy, in bits, of a new password (0: any non-empty password).
+    """
+
+    ip_access: tuple[IpAccessRule, ...] = setting((), ip_access_rules)
+    password_strength: int = setting(0, int_at_least(0))
 
 
 @dataclass(frozen=True)

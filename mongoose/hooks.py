@@ -49,9 +49,33 @@ CORE_HOOKS = {
     "sm_register_connection": "acc: None; params: jid, pid: a session is bound",
     "sm_remove_connection": "acc: None; params: jid, pid, reason: a session ended",
     "c2s_stream_features": "acc: list of feature elements after login; params: host",
+    "c2s_unauthenticated_features": "acc: list of feature elements offered before login "
+    "(where SASL is offered); params: c2s",
+    "c2s_unauthenticated_iq": "acc: None; an iq before login: Stop(reply element, or an "
+    "awaitable of one) answers it, no handler ends the stream; params: c2s, iq, domain, ip",
+    "remove_user": "acc: list of blocking callables deleting the account's data, run off "
+    "the loop after the account is deleted (mod_register); params: user, server",
     "disco_local_features": "acc: list of namespaces for the server's disco#info; params: host",
     "disco_local_items": "acc: list of (jid, name) for the server's disco#items; params: host",
-    "roster_get": "acc: list of contacts; params: jid (for presence broadcast, later issues)",
+    "roster_get": "acc: list of RosterItems; params: jid (bare). Blocking: run it on the "
+    "blocking pool (mod_roster; mod_presence reads rosters with it)",
+    "roster_out_subscription": "acc: None; the user sent a subscription stanza: the roster "
+    "item's new state (a roster Change, or a RosterFull error); params: user, contact (bare "
+    "JIDs), type, status. Blocking, as roster_get",
+    "roster_in_subscription": "acc: None; as roster_out_subscription, for a subscription "
+    "stanza from the contact to the user",
+    "user_presence_update": "acc: set of bare JIDs the presence went to; params: c2s, "
+    "element, initial, available: a session's own presence (no 'to'), after its resources "
+    "got it (mod_presence broadcasts to subscribers)",
+    "presence_probe": "acc: False; params: c2s, from_jid: may the prober see this available "
+    "session's presence (True: the session answers the probe)",
+    "foreign_event": "acc: None; params: c2s, event: a module's message to a session, sent "
+    "as ('foreign', event) (mod_roster's roster pushes)",
+    "inbound_subscription": "acc: None; params: packet: a subscription stanza for a local "
+    "user, in the router; a blocking job (whose result, a function, the router runs after) "
+    "or None for the default delivery",
+    "sm_sessions_lost": "acc: None; params: records: session records of a lost process, "
+    "in one designated process (mongoose.sm)",
 }
 
 

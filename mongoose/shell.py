@@ -120,7 +120,7 @@ class Helpers:
         rows = self.control.workers(node)
         columns = ["node", "worker", "os_pid", "actors", "mailbox_total", "rss_bytes",
                    "uptime_s"]
-        return Rows(rows, columns + ["error"] if any("error" in r for r in rows) else columns)
+        return Rows(rows, [*columns, "error"] if any("error" in r for r in rows) else columns)
 
     def actors(self, filter: str | None = None, node: str | None = None,
                limit: int | None = None) -> Rows:

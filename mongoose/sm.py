@@ -15,6 +15,17 @@ Each record is owned by the worker that wrote it, i.e. the worker of the session
 write goes through the session's own actor). When a worker dies or a node is lost, the
 table layer removes its records everywhere: no stale session can outlive its process.
 
+Sessions of a lost process
+    When a worker dies (or a node is lost) its sessions never run their end: the table
+    layer drops their records in every replica and calls :func:`_sessions_lost` in each
+    process. One process per lost owner -- the lowest-numbered live worker of the lost
+    process's own node, or of the whole cluster if none is left there -- runs the hook
+    ``sm_sessions_lost`` (per host, with the records) so that modules can do what the
+    sessions could not, once: mod_presence tells their contacts and the user's other
+    resources they are unavailable. Every process reads the same view of the cluster, so
+    they agree on who that is (two may both act during a view change: a duplicate
+    unavailable presence is harmless, a missing one is not).
+
 Writes are unacked: a session's own later writes follow its earlier ones in order on every
 replica, and a reader elsewhere may see a new session a moment late, which routing
 tolerates (a message routed meanwhile goes offline or bounces, as it would have a moment
@@ -24,6 +35,10 @@ earlier). Replacement of a session with the same full JID is decided by the new 
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+from mongoose.hooks import hooks
 from otp import cets
 from otp.pid import Pid
 
@@ -42,6 +57,8 @@ TABLE = "session"
 
 SessionRecord = tuple[str, str, Pid, int | None]
 
+log = logging.getLogger(__name__)
+
 _table: cets.Table | None = None
 
 
@@ -51,7 +68,7 @@ def create_table() -> cets.Table:
     try:
         _table = cets.get(TABLE)
     except KeyError:
-        _table = cets.create(TABLE, type="bag")
+        _table = cets.create(TABLE, type="bag", handle_down=_sessions_lost)
     return _table
 
 
@@ -94,3 +111,28 @@ def set_priority(record: SessionRecord, priority: int | None) -> SessionRecord:
 
 def close_session(record: SessionRecord) -> None:
     table().delete_object(record)
+
+
+def _sessions_lost(table: cets.Table, removed: list[Any]) -> None:
+    """The records of lost processes left this replica (see "Sessions of a lost
+    process"): if this process is the one to act for their owner, run the hook."""
+    dist = table.cets.dist
+    me = dist.key
+    live = [key for key in dist.processes() if key[1] >= 1 and key not in table.non_members]
+    by_owner: dict[tuple[str, int], list[SessionRecord]] = {}
+    for record in removed:
+        pid = record[2]
+        by_owner.setdefault((pid[0], pid[1]), []).append(record)
+    for (node, worker), records in by_owner.items():
+        candidates = [key for key in live if key[0] == node] or live
+        if not candidates or min(candidates) != me:
+            continue
+        log.info("sessions of a lost process", extra={
+            "what": "sm_sessions_lost", "lost_process": f"{node}.{worker}",
+            "sessions": len(records)})
+        by_host: dict[str, list[SessionRecord]] = {}
+        for record in records:
+            by_host.setdefault(record[0].rpartition("@")[2], []).append(record)
+        for host, host_records in by_host.items():
+            if hooks.has("sm_sessions_lost", host):
+                hooks.run("sm_sessions_lost", None, host, records=host_records)

@@ -18,6 +18,9 @@ from mongoose.storage.sqlite import SqliteDatabase
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
+LATEST = migrate.LATEST
+ALL = ", ".join(str(m.version) for m in migrate.MIGRATIONS)
+CURRENT = f"schema version {LATEST} (latest {LATEST}): up to date"
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -39,12 +42,12 @@ def test_init_and_status_on_sqlite(capsys, sqlite_config, tmp_path):
     store = tmp_path / "data" / "mongoose.db"
     code, out, _ = run(capsys, "db", "init", "-c", str(sqlite_config))
     assert code == 0
-    assert out == (f"sqlite at {store}: applied schema version 1; schema version 1 "
-                   f"(latest {migrate.LATEST}): up to date\n")
+    assert out == (f"sqlite at {store}: applied schema version {ALL}; schema version "
+                   f"{LATEST} (latest {LATEST}): up to date\n")
     code, out, _ = run(capsys, "db", "init", "-c", str(sqlite_config))
-    assert (code, out) == (0, f"sqlite at {store}: schema version 1 (latest 1): up to date\n")
+    assert (code, out) == (0, f"sqlite at {store}: {CURRENT}\n")
     code, out, _ = run(capsys, "db", "status", "-c", str(sqlite_config))
-    assert (code, out) == (0, f"sqlite at {store}: schema version 1 (latest 1): up to date\n")
+    assert (code, out) == (0, f"sqlite at {store}: {CURRENT}\n")
     db = SqliteDatabase(store)
     assert migrate.status(db).up_to_date
     db.close()
@@ -54,8 +57,8 @@ def test_status_without_a_store_creates_nothing(capsys, sqlite_config, tmp_path)
     """db status on a node that never ran: version 0, exit 1, and no file made."""
     code, out, _ = run(capsys, "db", "status", "-c", str(sqlite_config))
     assert code == 1
-    assert "no database yet; schema version 0 (latest 1): 1 migration(s) pending; run " \
-        "`mongoose db init`" in out
+    assert f"no database yet; schema version 0 (latest {LATEST}): {LATEST} migration(s) " \
+        "pending; run `mongoose db init`" in out
     assert not (tmp_path / "data").exists()
 
 
@@ -69,14 +72,13 @@ def test_init_and_status_on_postgresql(capsys, tmp_path, pg_server, driver):
     where = f"{driver} at 127.0.0.1:{pg_server.port}/{name} as mongoose"
     try:
         code, out, _ = run(capsys, "db", "status", "-c", str(config_file))
-        assert (code, out) == (1, f"{where}: schema version 0 (latest 1): 1 migration(s) "
-                                  "pending; run `mongoose db init`\n")
+        assert (code, out) == (1, f"{where}: schema version 0 (latest {LATEST}): {LATEST} "
+                                  "migration(s) pending; run `mongoose db init`\n")
         code, out, err = run(capsys, "db", "init", "-c", str(config_file))
         assert (code, err) == (0, "")
-        assert out == f"{where}: applied schema version 1; schema version 1 (latest 1): " \
-                      "up to date\n"
+        assert out == f"{where}: applied schema version {ALL}; {CURRENT}\n"
         code, out, _ = run(capsys, "db", "status", "-c", str(config_file))
-        assert (code, out) == (0, f"{where}: schema version 1 (latest 1): up to date\n")
+        assert (code, out) == (0, f"{where}: {CURRENT}\n")
         db = PgDatabase(pg_server.params(name), pool_size=1)
         try:
             assert db.query("SELECT count(*) FROM users") == [(0,)]

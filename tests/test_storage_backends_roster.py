@@ -133,3 +133,135 @@ def test_remove_user_forgets_the_roster_and_its_version(database):
     assert roster.get_roster("juliet", "localhost") == Roster(None, [])
     assert len(roster.get_roster("romeo", "localhost").items) == 1
     assert roster.get_version("romeo", "localhost") is not None
+
+
+# -- read-modify-write, pre-approval, changes since a version (schema version 2) ----------
+
+
+def test_approved_round_trips(database):
+    """The pre-approval flag (RFC 6121 §3.4) is stored and read back."""
+    roster = RosterStore(database)
+    roster.upsert_item("juliet", "localhost", RosterItem("romeo@x", approved=True))
+    assert roster.get_item("juliet", "localhost", "romeo@x").approved is True
+    assert roster.get_roster("juliet", "localhost").items[0].approved is True
+
+
+def test_update_item_applies_a_change_to_the_current_item(database):
+    """update_item hands the change the item as stored (None when absent) and writes what
+    it returns, with a new version; None or the same item changes nothing."""
+    roster = RosterStore(database)
+    seen = []
+
+    def subscribe(old):
+        seen.append(old)
+        return RosterItem("romeo@x", ask="out") if old is None else None
+
+    change = roster.update_item("juliet", "localhost", "romeo@x", subscribe)
+    assert seen == [None] and change.old is None
+    assert change.new == RosterItem("romeo@x", ask="out")
+    assert change.version == roster.get_version("juliet", "localhost")
+    again = roster.update_item("juliet", "localhost", "romeo@x", subscribe)
+    assert (again.old, again.new, again.version) == (change.new, change.new, None)
+    same = roster.update_item("juliet", "localhost", "romeo@x", lambda old: old)
+    assert same.version is None
+    assert roster.get_version("juliet", "localhost") == change.version
+
+
+def test_update_item_removes_and_enforces_the_size_limit(database):
+    """A change returning REMOVE deletes the item (nothing to do if absent); a new item
+    beyond max_items raises RosterFull and writes nothing, while changing an existing
+    item at the limit is allowed."""
+    from mongoose.storage.backends.roster import REMOVE, RosterFull
+
+    roster = RosterStore(database)
+    for jid in ("a@x", "b@x"):
+        roster.upsert_item("juliet", "localhost", RosterItem(jid))
+    with pytest.raises(RosterFull):
+        roster.update_item("juliet", "localhost", "c@x", lambda old: RosterItem("c@x"),
+                           max_items=2)
+    assert roster.count_items("juliet", "localhost") == 2
+    renamed = roster.update_item("juliet", "localhost", "a@x",
+                                 lambda old: RosterItem("a@x", "A"), max_items=2)
+    assert renamed.new.name == "A"
+    removed = roster.update_item("juliet", "localhost", "a@x", lambda old: REMOVE)
+    assert removed.new is None and removed.version is not None
+    assert roster.get_item("juliet", "localhost", "a@x") is None
+    absent = roster.update_item("juliet", "localhost", "zz@x", lambda old: REMOVE)
+    assert absent.version is None
+
+
+def test_get_changes_lists_what_changed_after_a_version(database):
+    """Changes after version V: the items changed since, in version order, removed ones
+    as None; at the current version, none; unknown or future versions: None."""
+    roster = RosterStore(database)
+    v1 = roster.upsert_item("juliet", "localhost", RosterItem("a@x"))
+    roster.upsert_item("juliet", "localhost", RosterItem("b@x"))
+    roster.upsert_item("juliet", "localhost", RosterItem("c@x"))
+    v4 = roster.upsert_item("juliet", "localhost", RosterItem("a@x", "A"))
+    v5 = roster.delete_item("juliet", "localhost", "b@x")
+    changes = roster.get_changes("juliet", "localhost", v1)
+    assert changes.version == v5
+    assert [(jid, item) for _, jid, item in changes.items] == [
+        ("c@x", RosterItem("c@x")), ("a@x", RosterItem("a@x", "A")), ("b@x", None)]
+    assert [version for version, _, _ in changes.items][-2:] == [v4, v5]
+    assert roster.get_changes("juliet", "localhost", v5).items == []
+    assert roster.get_changes("juliet", "localhost", "not-a-version") is None
+    assert roster.get_changes("juliet", "localhost", "f" * 20) is None
+    assert roster.get_changes("romeo", "localhost", v1) is None
+
+
+def test_get_changes_refuses_versions_older_than_pruned_removals(database):
+    """Removed contacts beyond KEEP_REMOVED are forgotten oldest first; a version older
+    than the last one forgotten can no longer be diffed, a later one still can."""
+    from mongoose.storage.backends import roster as roster_mod
+
+    roster = RosterStore(database)
+    start = roster.upsert_item("juliet", "localhost", RosterItem("keep@x"))
+    removals = []
+    for i in range(roster_mod.KEEP_REMOVED + 2):
+        roster.upsert_item("juliet", "localhost", RosterItem(f"c{i}@x"))
+        removals.append(roster.delete_item("juliet", "localhost", f"c{i}@x"))
+    assert roster.get_changes("juliet", "localhost", start) is None
+    later = roster.get_changes("juliet", "localhost", removals[1])
+    assert later is not None
+    assert [jid for _, jid, _ in later.items] == [
+        f"c{i}@x" for i in range(2, roster_mod.KEEP_REMOVED + 2)]
+
+
+def test_items_written_before_versions_existed_force_a_full_roster(database):
+    """An item with no version row (stored before schema version 2) makes every diff
+    impossible: the client must get the whole roster."""
+    roster = RosterStore(database)
+    v1 = roster.upsert_item("juliet", "localhost", RosterItem("a@x"))
+    roster.upsert_item("juliet", "localhost", RosterItem("b@x"))
+    database.execute("DELETE FROM roster_item_version WHERE jid = ?", ("a@x",))
+    assert roster.get_changes("juliet", "localhost", v1) is None
+
+
+def test_a_new_version_sorts_after_the_rosters_even_with_a_clock_behind(database):
+    """A writer whose clock is behind the roster's version (another node's) still makes
+    a later version."""
+    ahead = RosterStore(database, clock=lambda: 9_000_000_000_000_000_000)
+    behind = RosterStore(database, clock=lambda: 1_000_000)
+    first = ahead.upsert_item("juliet", "localhost", RosterItem("a@x"))
+    second = behind.upsert_item("juliet", "localhost", RosterItem("b@x"))
+    third = behind.update_item("juliet", "localhost", "a@x",
+                               lambda old: RosterItem("a@x", "A")).version
+    assert first < second < third
+
+
+def test_threads_updating_one_item_lose_no_change(database):
+    """Threads incrementing a counter kept in one item's name through update_item lose
+    no increment: each read-modify-write is atomic."""
+    roster = RosterStore(database)
+    roster.upsert_item("juliet", "localhost", RosterItem("n@x", "0"))
+
+    def bump(old):
+        return RosterItem("n@x", str(int(old.name) + 1))
+
+    def work() -> None:
+        for _ in range(10):
+            roster.update_item("juliet", "localhost", "n@x", bump)
+
+    run_threads(*(work for _ in range(4)))
+    assert roster.get_item("juliet", "localhost", "n@x").name == "40"

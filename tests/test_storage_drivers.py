@@ -567,19 +567,20 @@ def test_pool_from_config_connects_with_its_settings(pg_database):
 
 @pytest.mark.parametrize("driver", ["pgsql", "cockroachdb"])
 def test_init_on_an_empty_database_then_idempotent(pg_server, driver):
-    """init applies version 1 to an empty database, then finds nothing to do."""
+    """init applies every version to an empty database, then finds nothing to do."""
     name = pg_server.create_database()
     db = PgDatabase(pg_server.params(name, driver), pool_size=2)
     try:
         assert migrate.status(db).current == 0
-        assert migrate.init(db) == [1]
+        assert migrate.init(db) == [m.version for m in migrate.MIGRATIONS]
         assert migrate.init(db) == []
         state = migrate.status(db)
         assert (state.current, state.up_to_date) == (migrate.LATEST, True)
         tables = {row[0] for row in db.query(
             "SELECT table_name FROM information_schema.tables "
             "WHERE table_schema = current_schema()")}
-        assert tables == set(_tables_of("pg.sql"))
+        assert tables == {table for migration in migrate.MIGRATIONS
+                          for table in _tables_of(migration.resource("pgsql"))}
     finally:
         db.close()
         pg_server.drop_database(name)
@@ -607,8 +608,9 @@ def test_concurrent_init_applies_once(pg_server):
         for thread in threads:
             thread.join(30)
         assert errors == []
-        assert sorted(results) == [[], [1]]
-        assert dbs[0].query("SELECT count(*) FROM schema_version") == [(1,)]
+        versions = [m.version for m in migrate.MIGRATIONS]
+        assert sorted(results) == [[], versions]
+        assert dbs[0].query("SELECT count(*) FROM schema_version") == [(len(versions),)]
     finally:
         for db in dbs:
             db.close()

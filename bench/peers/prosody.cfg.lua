@@ -32,7 +32,8 @@ network_settings = {
 }
 
 -- One file per account and per roster under data_path: compare.py writes the
--- accounts/<user>.dat files itself.
+-- accounts/<user>.dat files itself, and for presence --roster-size the roster/<user>.dat
+-- files (bench/roster_setup.py).
 data_path = "@RUN_DIR@/data"
 storage = "internal"
 authentication = "@AUTHENTICATION@"
@@ -41,10 +42,10 @@ password_hash = "SHA-256"
 
 log = { warn = "@RUN_DIR@/prosody.log" }
 
--- The modules our server has, plus the roster a client asks for at login. mod_limits
--- (per-connection rate limits) is not loaded, so nothing throttles a session. Offline
--- storage and s2s are loaded by default and switched off here; carbons, MAM, stream
--- management and registration are simply not loaded.
+-- The modules our server has, the roster and presence included (mod_presence is loaded
+-- by default). mod_limits (per-connection rate limits) is not loaded, so nothing
+-- throttles a session. Offline storage and s2s are loaded by default and switched off
+-- here; carbons, MAM, stream management and registration are simply not loaded.
 modules_enabled = {
 	"roster";
 	"saslauth";

@@ -76,6 +76,7 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial"),
+    Migration(2, "roster_versions"),  # per-contact versions, pre-approval (mod_roster)
 )
 LATEST = MIGRATIONS[-1].version
 

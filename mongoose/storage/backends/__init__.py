@@ -6,7 +6,8 @@ module             class                       what it keeps (MongooseIM tables)
 ``accounts``       :class:`SqlAccountStore`    users and SCRAM secrets (``users``)
 ``roster``         :class:`RosterStore`        RFC 6121 rosters, XEP-0237 versions
                                                (``rosterusers``, ``rostergroups``,
-                                               ``roster_version``)
+                                               ``roster_version``,
+                                               ``roster_item_version``)
 ``offline``        :class:`OfflineStore`       XEP-0160 offline messages
                                                (``offline_message``)
 ``mam``            :class:`ArchiveStore`,      XEP-0313 archive and preferences
