@@ -39,6 +39,7 @@ from typing import Any
 import otp
 from mongoose import packet as packet_mod
 from mongoose import router, sm, trace
+from mongoose.hooks import hooks
 from mongoose.server import current as current_server
 from mongoose.xmpp import ns
 from mongoose.xmpp.jid import JID, InvalidJID
@@ -109,36 +110,53 @@ class AdminActor(otp.LoopActor):
 
     async def _account(self, op: str, args: list[Any]) -> Any:
         server = current_server()
-        result = await blocking.run(account_op, server.store, server.config.general.hosts,
-                                    server.config.default_domain, op, list(args))
+        hosts, default = server.config.general.hosts, server.config.default_domain
+        cleanups: list[Any] = []
+        if op == "unregister":
+            # The modules' data of the account (roster, offline messages, vCard...) goes
+            # with it, as with an in-band removal (mod_register).
+            user, host = account_name(hosts, default, args[0])
+            cleanups = hooks.run("remove_user", [], host, user=user, server=host)
+        result = await blocking.run(account_op, server.store, hosts, default, op, list(args),
+                                    cleanups)
         if op == "unregister":
             kick(result, "account removed")
         return result
 
 
-def account_op(store: Any, hosts: Any, default_host: str, op: str, args: list[Any]) -> Any:
+def account_name(hosts: Any, default_host: str, text: str) -> tuple[str, str]:
+    """(user, host) of an account's JID as typed, normalised; AdminError if it is not
+    USER@HOST of a host this node serves."""
+    from mongoose.auth.accounts import InvalidUser, normalize_user
+
+    name, at, domain = str(text).partition("@")
+    if not at or not domain or "/" in domain:
+        raise AdminError(f"bad JID {text!r}: expected USER@HOST")
+    host = served_host(hosts, default_host, domain)
+    try:
+        return normalize_user(name), host
+    except InvalidUser as error:
+        raise AdminError(f"bad JID {text!r}: {error}") from None
+
+
+def account_op(store: Any, hosts: Any, default_host: str, op: str, args: list[Any],
+               cleanups: list[Any] = ()) -> Any:  # type: ignore[assignment]
     """One account operation on ``store`` (blocking; the admin actor runs it off the
     loop, ``mongoose account`` directly when no node runs). ``args``: a JID, then a
     password for register, passwd and check; a host or None for list and count.
+    ``cleanups``: for unregister, the ``remove_user`` hook's callables deleting the
+    account's data, run once the account is gone (one that fails is logged).
     Returns the account's JID, whether the password matched (check), the users (list)
     or their number (count); :class:`AdminError` for anything refused."""
     from mongoose.auth import scram
-    from mongoose.auth.accounts import AccountError, InvalidUser, NoSuchAccount, normalize_user
+    from mongoose.auth.accounts import AccountError, InvalidUser, NoSuchAccount
     from mongoose.storage import StorageError
 
     try:
         if op in ("list", "count"):
             host = served_host(hosts, default_host, args[0] if args else None)
             return store.list_users(host) if op == "list" else store.count(host)
-        text = str(args[0])
-        name, at, domain = text.partition("@")
-        if not at or not domain or "/" in domain:
-            raise AdminError(f"bad JID {text!r}: expected USER@HOST")
-        host = served_host(hosts, default_host, domain)
-        try:
-            user = normalize_user(name)
-        except InvalidUser as error:
-            raise AdminError(f"bad JID {text!r}: {error}") from None
+        user, host = account_name(hosts, default_host, args[0])
         account = f"{user}@{host}"
         if op == "register":
             store.register(user, host, password(args[1]))
@@ -147,6 +165,12 @@ def account_op(store: Any, hosts: Any, default_host: str, op: str, args: list[An
         elif op == "unregister":
             if not store.unregister(user, host):
                 raise NoSuchAccount(account)
+            for cleanup in cleanups:
+                try:
+                    cleanup()
+                except Exception:
+                    log.exception("cleaning up after a removed account failed", extra={
+                        "what": "remove_user_cleanup_failed", "jid": account})
         elif op == "check":
             secrets = store.get_secrets(user, host)
             return secrets is not None and scram.check_password(secrets, args[1])

@@ -53,7 +53,8 @@ def metrics_toml() -> str:
 def node(tmp_path_factory, test_node):
     made = xmpp_node(tmp_path_factory.mktemp("ctl"), "ctl@localhost", test_node.keys_file,
                      users=("alice", "bob"),
-                     extra_toml=metrics_toml())
+                     extra_toml=metrics_toml() + "[modules.mod_presence]\n[modules.mod_roster]\n"
+                     "[modules.mod_offline]\n")
     yield made
     made.kill()
 
@@ -222,3 +223,23 @@ def test_commands_fail_cleanly_without_a_node(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("mongoose: no answer from tcp://127.0.0.1:")
     assert Path(tmp_path / "data").exists() is False
+
+
+def test_unregister_removes_the_accounts_data(node, loop):
+    """An account removed with `account unregister` loses its data with it (the
+    modules' remove_user clean-ups): its offline messages are not there for a new
+    account of the same name."""
+    ok(node, "account", "register", "dave@localhost", "pw")
+    ok(node, "stanza", "send", "--from", "alice@localhost", "--to", "dave@localhost",
+       "--body", "kept for dave")
+    ok(node, "account", "unregister", "dave@localhost")
+    ok(node, "account", "register", "dave@localhost", "pw")
+    ok(node, "stanza", "send", "--from", "alice@localhost", "--to", "dave@localhost",
+       "--body", "for the new dave")
+    dave = Client(loop, f"dave@{DOMAIN}/r", "pw", port=node.c2s_port).connect()
+    try:
+        wait_until(lambda: "for the new dave" in dave.bodies(), timeout=15,
+                   what="the new account's offline message")
+        assert "kept for dave" not in dave.bodies()
+    finally:
+        dave.disconnect()
