@@ -926,7 +926,8 @@ class C2S(otp.LoopActor):
         if self.record is not None:
             self.record = sm.set_priority(self.record, None)
         if hooks.has("unset_presence", self.host):
-            hooks.run("unset_presence", None, self.host, jid=self.jid_str, status="")
+            hooks.run("unset_presence", None, self.host, jid=self.jid_str,
+                      status=el.findtext(f"{{{ns.CLIENT}}}status") or "")
 
     def _directed_presence(self, el: etree._Element, to: str) -> None:
         kind = el.get("type", "")

@@ -190,6 +190,32 @@ def test_server_answers_disco_ping_version_and_time(node, loop, clients):
     assert "<utc>" in str(reply)
 
 
+def test_disco_items_of_an_account_list_its_available_resources(node, loop, clients):
+    """disco#items of a bare JID: the user's available resources, for the user only."""
+    one = login(node, loop, clients, f"carol@{DOMAIN}/items-one")
+    two = login(node, loop, clients, f"carol@{DOMAIN}/items-two")
+    other = login(node, loop, clients, f"alice@{DOMAIN}/items")
+
+    async def ask(future: Any) -> Any:
+        return await future
+
+    def items() -> list[str]:
+        reply = one.loop.run(ask(one.xmpp["xep_0030"].get_items(jid=f"carol@{DOMAIN}")))
+        return sorted(str(item[0]) for item in reply["disco_items"]["items"])
+
+    # Sessions on another worker reach this one's replica of the table a moment late.
+    wait_until(lambda: items() == sorted([one.jid, two.jid]), what="both resources listed")
+
+    def refused(xmpp: Any) -> Any:
+        iq = xmpp.make_iq_get(ito=f"carol@{DOMAIN}")
+        iq.append(_element("<query xmlns='http://jabber.org/protocol/disco#items'/>"))
+        return iq
+
+    reply = other.iq(refused)
+    assert reply["type"] == "error"
+    assert reply["error"]["condition"] == "service-unavailable"
+
+
 def test_an_unknown_server_iq_gets_service_unavailable(node, loop, clients):
     """An iq to the server in a namespace nobody handles: service-unavailable."""
     alice = login(node, loop, clients, f"alice@{DOMAIN}/unknown")

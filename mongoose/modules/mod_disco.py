@@ -5,7 +5,9 @@ features of the core and of every started module, plus those added through the
 ``disco_local_features`` hook; disco#items lists ``extra_items`` from the config and
 what ``disco_local_items`` handlers add. A query with a ``node`` we do not know gets
 ``item-not-found``. disco#info addressed to a user's bare JID is answered on the
-account's behalf with an "account/registered" identity (RFC 6121 and XEP-0030 §3.3).
+account's behalf with an "account/registered" identity (RFC 6121 and XEP-0030 §3.3), and
+disco#items of it lists the account's available resources (full JIDs, from the session
+table): both to the user themself only; others get ``service-unavailable``.
 """
 
 from __future__ import annotations
@@ -65,6 +67,24 @@ def _account_info(stanza: Any, from_jid: str, to_jid: str) -> Any:
     return iq.result(stanza, reply)
 
 
+def _account_items(stanza: Any, from_jid: str, to_jid: str) -> Any:
+    from mongoose import sm
+    from mongoose.xmpp.errors import make_error_reply
+
+    if stanza.get("type") != "get":
+        return make_error_reply(stanza, "not-allowed")
+    bare = to_jid.partition("/")[0]
+    if from_jid.partition("/")[0] != bare:
+        return make_error_reply(stanza, "service-unavailable")
+    if stanza[0].get("node"):
+        return make_error_reply(stanza, "item-not-found")
+    reply = etree.Element(f"{{{ns.DISCO_ITEMS}}}query", nsmap={None: ns.DISCO_ITEMS})
+    for resource in sorted(record[1] for record in sm.sessions(bare)
+                           if record[3] is not None):
+        etree.SubElement(reply, f"{{{ns.DISCO_ITEMS}}}item", jid=f"{bare}/{resource}")
+    return iq.result(stanza, reply)
+
+
 def _items(stanza: Any, from_jid: str, to_jid: str) -> Any:
     from mongoose.xmpp.errors import make_error_reply
 
@@ -89,9 +109,11 @@ def start(config: Any, module_config: Any) -> None:
     iq.register("server", ns.DISCO_INFO, _info)
     iq.register("server", ns.DISCO_ITEMS, _items)
     iq.register("account", ns.DISCO_INFO, _account_info)
+    iq.register("account", ns.DISCO_ITEMS, _account_items)
 
 
 def stop() -> None:
     iq.unregister("server", ns.DISCO_INFO)
     iq.unregister("server", ns.DISCO_ITEMS)
     iq.unregister("account", ns.DISCO_INFO)
+    iq.unregister("account", ns.DISCO_ITEMS)

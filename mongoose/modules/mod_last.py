@@ -20,8 +20,9 @@ and blocking (XEP-0016/0191) do not restrict it yet.
 
 Recording: the time and status are written when one of the user's sessions sends
 unavailable presence (``unset_presence``) and again when a session ends
-(``sm_remove_connection``, with the status the session last sent), so the record
-reflects the last logout of the user's last session. The writes of one user go to the
+(``sm_remove_connection``, with the status the session last sent), or when it is lost
+with its worker or node (``sm_sessions_lost``, at the moment the loss is noticed), so the
+record reflects the last logout of the user's last session. The writes of one user go to the
 database in the order they happened (:class:`mongoose.modules.offloop.Serializer`): a
 logout recorded later never ends up older than one recorded before it.
 
@@ -121,6 +122,15 @@ def _session_closed(acc: Any, params: dict[str, Any]) -> Any:
     return acc
 
 
+def _sessions_lost(acc: Any, params: dict[str, Any]) -> Any:
+    """Sessions that died with their worker or node: their logout is now (this runs in
+    one designated process, see mongoose.sm)."""
+    for record in params["records"]:
+        jid = f"{record[0]}/{record[1]}"
+        _record(jid, _status.pop(jid, ""))
+    return acc
+
+
 def _remove_user(acc: list[Any], params: dict[str, Any]) -> list[Any]:
     return [*acc, functools.partial(_store.remove_user, params["user"], params["server"])]
 
@@ -146,6 +156,7 @@ def start(config: Any, module_config: Any) -> None:
     iq.register("account", ns.LAST, _user_last)
     hooks.add("unset_presence", _unset_presence, module="mod_last")
     hooks.add("sm_remove_connection", _session_closed, module="mod_last")
+    hooks.add("sm_sessions_lost", _sessions_lost, module="mod_last")
     hooks.add("remove_user", _remove_user, module="mod_last")
 
 
