@@ -26,7 +26,7 @@ import slixmpp.plugins.xep_0054
 import slixmpp.plugins.xep_0066
 import slixmpp.plugins.xep_0077
 import slixmpp.plugins.xep_0279
-from dist_harness import MongooseNode, TestNode
+from dist_harness import MongooseNode, TestNode, free_port
 from helpers import wait_until
 from xmpp_client import Client, ClientLoop
 from xmpp_harness import DOMAIN, PASSWORD, RawClient, xmpp_node
@@ -47,6 +47,9 @@ REGISTER = "jabber:iq:register"
 STRONG = "a much longer Passw0rd!"  # above password_strength = 32 bits
 
 
+METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, test_node: TestNode) -> Iterator[MongooseNode]:
     n = xmpp_node(tmp_path_factory.mktemp("iqmods"), "iqmods@localhost", test_node.keys_file,
@@ -56,7 +59,11 @@ def node(tmp_path_factory: pytest.TempPathFactory, test_node: TestNode) -> Itera
                       "[modules.mod_vcard]\nsearch = true\nmax_vcard_size = 4096\n"
                       "[modules.mod_register]\npassword_strength = 32\n"
                       'ip_access = [{address = "127.0.0.3", policy = "deny"}, '
-                      '{address = "127.0.0.0/8", policy = "allow"}]\n'))
+                      '{address = "127.0.0.0/8", policy = "allow"}]\n'
+                      "[instrumentation.prometheus]\n"
+                      f'[[listen.http]]\nport = {METRICS_PORT}\nip_address = "127.0.0.1"\n'
+                      '[[listen.http.handlers.mongoose_prometheus_handler]]\nhost = "_"\n'
+                      'path = "/metrics"\n'))
     yield n
     n.kill()
 
@@ -537,3 +544,26 @@ def test_mod_register_config_is_validated():
                 '[{address = "10.0.0.0/8", policy = "maybe"}]', '"10.0.0.0/8"'):
         with pytest.raises(config.ConfigError, match=r"modules\.mod_register\.ip_access"):
             config.loads(f"[modules.mod_register]\nip_access = {bad}\n")
+
+
+def test_the_modules_count_their_requests_on_the_metrics_page(node, loop, clients):
+    """Each iq module emits a count per request, served (merged) on /metrics."""
+    import urllib.request
+
+    walter = login(node, loop, clients, f"walter@{DOMAIN}/metrics", plugins=("xep_0279",))
+    ask(walter, "<query xmlns='jabber:iq:private'><x xmlns='example:m'/></query>", kind="set")
+    ask(walter, "<vCard xmlns='vcard-temp'><FN>Walter</FN></vCard>", kind="set")
+    ask(walter, "<vCard xmlns='vcard-temp'/>", to=f"walter@{DOMAIN}")
+    ask(walter, "<query xmlns='jabber:iq:last'/>", to=f"walter@{DOMAIN}")
+    ask(walter, "<address xmlns='urn:xmpp:sic:1'/>", to=DOMAIN)
+    wanted = ("mod_private_set", "mod_vcard_set", "mod_vcard_get", "mod_last_get",
+              "mod_sic_get")
+
+    def counted() -> list[str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as r:
+            page = r.read().decode()
+        return [name for name in wanted if not re.search(
+            rf'^{name}_count_total{{host_type="{DOMAIN}"}} [1-9]', page, re.M)]
+
+    # Counts reach the page within a second (they are batched per second).
+    wait_until(lambda: not counted(), timeout=15, what=lambda: f"not counted: {counted()}")

@@ -41,6 +41,7 @@ from lxml import etree
 from mongoose import iq, sm
 from mongoose.hooks import hooks
 from mongoose.modules import offloop
+from mongoose.modules.events import HostCounters
 from mongoose.xmpp import ns
 
 XEPS = ("0012",)
@@ -69,6 +70,10 @@ def _server_uptime(stanza: Any, from_jid: str, to_jid: str) -> Any:
     return iq.result(stanza, _query(int(time.monotonic() - _started)))
 
 
+# Instrumentation: one count per query about a user (mongoose.modules.events).
+EVENTS = HostCounters("mod_last_get")
+
+
 def _user_last(stanza: Any, from_jid: str, to_jid: str) -> Any:
     if stanza.get("type") != "get":
         return offloop.error_reply(stanza, "not-allowed")
@@ -77,6 +82,7 @@ def _user_last(stanza: Any, from_jid: str, to_jid: str) -> Any:
     user, _, host = bare.rpartition("@")
     if requester != bare and _roster is None:
         return offloop.error_reply(stanza, "forbidden")
+    EVENTS.count("mod_last_get", host)
     online = any(record[3] is not None for record in sm.sessions(bare))
     offloop.answer_iq(_serializer, bare, stanza, from_jid, to_jid, _answer,
                       stanza, user, host, requester, bare, online)
@@ -146,6 +152,7 @@ def start(config: Any, module_config: Any) -> None:
     _store = LastStore(server.db)
     _store.emit_via = call_soon
     _accounts = server.store
+    EVENTS.start(config.general.hosts)
     _roster = None
     if config.modules.mod_roster is not None:
         from mongoose.storage.backends.roster import RosterStore

@@ -34,6 +34,7 @@ from lxml import etree
 from mongoose import iq
 from mongoose.hooks import hooks
 from mongoose.modules import offloop
+from mongoose.modules.events import HostCounters
 from mongoose.xmpp import ns
 
 XEPS = ("0049",)
@@ -46,6 +47,10 @@ _store: Any = None
 _serializer = offloop.Serializer("mod_private")
 # Parses stored fragments (our own serialization) back; no network, no entities.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+
+
+# Instrumentation: one count per request (mongoose.modules.events).
+EVENTS = HostCounters("mod_private_get", "mod_private_set")
 
 
 def _reserved(namespace: str) -> bool:
@@ -73,6 +78,7 @@ def _private(stanza: Any, from_jid: str, to_jid: str) -> Any:
                                        f"{namespace} is a reserved namespace")
         grouped.setdefault(namespace, []).append(child)
     user, _, host = sender.rpartition("@")
+    EVENTS.count(f"mod_private_{'set' if kind == 'set' else 'get'}", host)
     if kind == "set":
         data = {namespace: b"".join(_serialize(e) for e in elements).decode("utf-8")
                 for namespace, elements in grouped.items()}
@@ -123,6 +129,7 @@ def start(config: Any, module_config: Any) -> None:
 
     _store = PrivateStore(current().db)
     _store.emit_via = scheduler.current().call_soon
+    EVENTS.start(config.general.hosts)
     iq.register("account", ns.PRIVATE, _private)
     hooks.add("remove_user", _remove_user, module="mod_private")
 

@@ -23,11 +23,16 @@ import otp
 from mongoose import iq, router, sm
 from mongoose import packet as packet_mod
 from mongoose.modules import offloop
+from mongoose.modules.events import HostCounters
 
 XEPS = ("0279",)
 SIC = "urn:xmpp:sic:1"
 SIC_0 = "urn:xmpp:sic:0"
 FEATURES = (SIC, SIC_0)
+
+
+# Instrumentation: one count per query (mongoose.modules.events).
+EVENTS = HostCounters("mod_sic_get")
 
 
 def _address(stanza: Any, from_jid: str, to_jid: str) -> Any:
@@ -40,6 +45,7 @@ def _address(stanza: Any, from_jid: str, to_jid: str) -> Any:
     if session is None:
         return None  # the asker is gone: nobody to answer
     namespace = etree.QName(stanza[0]).namespace
+    EVENTS.count("mod_sic_get", bare.rpartition("@")[2])
 
     def answer(future: otp.LoopFuture[Any]) -> None:
         try:
@@ -61,6 +67,7 @@ def _address(stanza: Any, from_jid: str, to_jid: str) -> Any:
 
 
 def start(config: Any, module_config: Any) -> None:
+    EVENTS.start(config.general.hosts)
     for namespace in FEATURES:
         iq.register("server", namespace, _address)
         iq.register("account", namespace, _address)

@@ -43,6 +43,7 @@ from lxml import etree
 from mongoose import iq
 from mongoose.hooks import hooks
 from mongoose.modules import offloop
+from mongoose.modules.events import HostCounters
 from mongoose.xmpp import ns
 
 XEPS = ("0054", "0055")
@@ -64,6 +65,10 @@ def _v(name: str) -> str:
 # -- vCards --------------------------------------------------------------------------------
 
 
+# Instrumentation: one count per request (mongoose.modules.events).
+EVENTS = HostCounters("mod_vcard_get", "mod_vcard_set", "mod_vcard_search")
+
+
 def _user_vcard(stanza: Any, from_jid: str, to_jid: str) -> Any:
     bare = to_jid.partition("/")[0]
     user, _, host = bare.rpartition("@")
@@ -71,6 +76,7 @@ def _user_vcard(stanza: Any, from_jid: str, to_jid: str) -> Any:
     if etree.QName(vcard).localname != "vCard":
         return offloop.error_reply(stanza, "bad-request", "expected <vCard xmlns='vcard-temp'/>")
     if stanza.get("type") == "get":
+        EVENTS.count("mod_vcard_get", host)
         offloop.answer_iq(_serializer, bare, stanza, from_jid, to_jid, _get, stanza, user, host)
         return None
     if from_jid.partition("/")[0] != bare:
@@ -81,6 +87,7 @@ def _user_vcard(stanza: Any, from_jid: str, to_jid: str) -> Any:
     if len(data) > _max_size:
         return offloop.error_reply(
             stanza, "not-acceptable", f"the vCard is larger than {_max_size} bytes", echo=False)
+    EVENTS.count("mod_vcard_set", host)
     offloop.answer_iq(_serializer, bare, stanza, from_jid, to_jid, _set, stanza, user, host,
                       data.decode("utf-8"), _search_fields(copy))
     return None
@@ -169,6 +176,7 @@ def _search(stanza: Any, from_jid: str, to_jid: str) -> Any:
         criteria = {k: v for k, v in criteria.items() if v}
     if not criteria:
         return offloop.error_reply(stanza, "not-acceptable", "give at least one criterion")
+    EVENTS.count("mod_vcard_search", host)
     # Searches only read: each its own key, so they run side by side.
     offloop.answer_iq(_serializer, object(), stanza, from_jid, to_jid, _find,
                       stanza, host, criteria, form is not None)
@@ -238,6 +246,7 @@ def start(config: Any, module_config: Any) -> None:
     _accounts = server.store
     _max_size = module_config.max_vcard_size
     _matches = module_config.matches
+    EVENTS.start(config.general.hosts)
     iq.register("account", ns.VCARD, _user_vcard)
     iq.register("server", ns.VCARD, _server_vcard)
     FEATURES = (ns.VCARD,)
