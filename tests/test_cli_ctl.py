@@ -18,7 +18,7 @@ import pytest
 from dist_harness import PYTHONPATH, MongooseNode, free_port
 from helpers import wait_until
 from xmpp_client import Client
-from xmpp_harness import DOMAIN, PASSWORD, xmpp_node
+from xmpp_harness import DOMAIN, PASSWORD, metrics_toml, xmpp_node
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -39,14 +39,6 @@ def ok(node: MongooseNode, *args: str) -> str:
 
 def as_json(node: MongooseNode, *args: str):
     return json.loads(ok(node, *args, "--json"))
-
-
-def metrics_toml() -> str:
-    """Metrics on (served on a free port): what `metric get` and metrics() read."""
-    return ("[instrumentation.prometheus]\n"
-            f'[[listen.http]]\nport = {free_port()}\nip_address = "127.0.0.1"\n'
-            '[[listen.http.handlers.mongoose_prometheus_handler]]\nhost = "_"\n'
-            'path = "/metrics"\n')
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import slixmpp.plugins.xep_0279
 from dist_harness import MongooseNode, TestNode, free_port
 from helpers import wait_until
 from xmpp_client import Client, ClientLoop
-from xmpp_harness import DOMAIN, PASSWORD, RawClient, xmpp_node
+from xmpp_harness import DOMAIN, PASSWORD, RawClient, metrics_toml, xmpp_node
 
 from mongoose.storage.backends.offline import OfflineStore
 from mongoose.storage.backends.private import PrivateStore
@@ -60,10 +60,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, test_node: TestNode) -> Itera
                       "[modules.mod_register]\npassword_strength = 32\n"
                       'ip_access = [{address = "127.0.0.3", policy = "deny"}, '
                       '{address = "127.0.0.0/8", policy = "allow"}]\n'
-                      "[instrumentation.prometheus]\n"
-                      f'[[listen.http]]\nport = {METRICS_PORT}\nip_address = "127.0.0.1"\n'
-                      '[[listen.http.handlers.mongoose_prometheus_handler]]\nhost = "_"\n'
-                      'path = "/metrics"\n'))
+                      + metrics_toml(METRICS_PORT)))
     yield n
     n.kill()
 

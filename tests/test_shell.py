@@ -12,10 +12,10 @@ import sys
 
 import pexpect
 import pytest
-from dist_harness import PYTHONPATH, MongooseNode, free_port
+from dist_harness import PYTHONPATH, MongooseNode
 from helpers import wait_until
 from xmpp_client import Client
-from xmpp_harness import DOMAIN, PASSWORD, xmpp_node
+from xmpp_harness import DOMAIN, PASSWORD, metrics_toml, xmpp_node
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,14 +47,6 @@ class Shell:
             self.child.send("\x04")  # Ctrl-D on an empty line leaves the shell
             self.child.expect(pexpect.EOF, timeout=15)
         self.child.close()
-
-
-def metrics_toml() -> str:
-    """Metrics on (served on a free port): what `metric get` and metrics() read."""
-    return ("[instrumentation.prometheus]\n"
-            f'[[listen.http]]\nport = {free_port()}\nip_address = "127.0.0.1"\n'
-            '[[listen.http.handlers.mongoose_prometheus_handler]]\nhost = "_"\n'
-            'path = "/metrics"\n')
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,16 @@ def xmpp_node(directory: Path, name: str, keys_file: str, *, workers: int = 2,
     return node
 
 
+def metrics_toml(port: int | None = None) -> str:
+    """Config lines that turn metrics on, served at 127.0.0.1:``port`` (default: a free
+    port): what `mongoose metric get`, the shell's metrics() and /metrics read."""
+    port = free_port() if port is None else port
+    return ("[instrumentation.prometheus]\n"
+            f'[[listen.http]]\nport = {port}\nip_address = "127.0.0.1"\n'
+            '[[listen.http.handlers.mongoose_prometheus_handler]]\nhost = "_"\n'
+            'path = "/metrics"\n')
+
+
 def store(node: MongooseNode) -> Any:
     from mongoose import config as config_mod
     from mongoose.auth import accounts
