@@ -849,6 +849,7 @@ class C2S(otp.LoopActor):
             priority = 0
         priority = max(-128, min(127, priority))
         first = not self.available
+        previous = self.record[3] if self.record is not None else None
         self.available = True
         self.last_presence = el
         if self.record is not None:
@@ -864,7 +865,7 @@ class C2S(otp.LoopActor):
             # Subscribers (mod_presence); the initial presence also loads the roster,
             # probes contacts and delivers waiting subscription requests (deferred).
             hooks.run("user_presence_update", set(), self.host, c2s=self, element=el,
-                      initial=first, available=True)
+                      initial=first, available=True, priority=priority, previous=previous)
         if first and hooks.has("user_available", self.host):
             hooks.run("user_available", None, self.host, jid=self.jid_str, c2s=self)
 

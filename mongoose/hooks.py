@@ -65,8 +65,9 @@ CORE_HOOKS = {
     "roster_in_subscription": "acc: None; as roster_out_subscription, for a subscription "
     "stanza from the contact to the user",
     "user_presence_update": "acc: set of bare JIDs the presence went to; params: c2s, "
-    "element, initial, available: a session's own presence (no 'to'), after its resources "
-    "got it (mod_presence broadcasts to subscribers)",
+    "element, initial, available (and, when available, priority and previous: the "
+    "session's priority before, None if it had none): a session's own presence (no "
+    "'to'), after its resources got it (mod_presence broadcasts to subscribers)",
     "presence_probe": "acc: False; params: c2s, from_jid: may the prober see this available "
     "session's presence (True: the session answers the probe)",
     "foreign_event": "acc: None; params: c2s, event: a module's message to a session, sent "

@@ -181,6 +181,23 @@ def test_a_negative_priority_login_leaves_messages_stored(node, offline, loop, c
     assert stored(offline, "ivan") == 0 and shy.messages == []
 
 
+def test_raising_a_negative_priority_delivers_the_stored_messages(node, offline, loop,
+                                                                   clients):
+    """A session online with a negative priority gets the stored messages once it sends
+    presence with a priority of zero or more (and not before)."""
+    sender = login(node, loop, clients, f"heidi@{DOMAIN}/raise")
+    sender.send_message(f"olivia@{DOMAIN}", "kept until you are reachable")
+    wait_until(lambda: stored(offline, "olivia") == 1)
+    shy = login(node, loop, clients, f"olivia@{DOMAIN}/shy", priority=-1)
+    wait_until(lambda: any(str(p["from"]) == shy.jid for p in shy.presences),
+               what="its own presence back")
+    assert stored(offline, "olivia") == 1 and shy.messages == []
+    shy.send_raw("<presence><priority>0</priority></presence>")
+    wait_until(lambda: shy.bodies() == ["kept until you are reachable"],
+               what="the stored message after the priority went up")
+    assert stored(offline, "olivia") == 0
+
+
 def test_a_chat_message_to_a_resource_that_has_gone_is_stored(node, offline, loop, clients):
     """A chat message to the full JID of a session that has ended goes to the bare JID
     (RFC 6121 §8.5.3.2.1) and, with no other session, into storage, not back to its

@@ -29,7 +29,8 @@ Delivery
     logging in at once never both get one) and sent to that session, oldest first, each
     with ``<delay xmlns='urn:xmpp:delay' from='HOST' stamp='...'>Offline
     Storage</delay>`` (the time the server accepted it). A session that comes online
-    with a negative priority gets none (XEP-0160 §2); it gets them at its next login.
+    with a negative priority gets none (XEP-0160 §2) until it raises its priority to zero
+    or more (``user_presence_update``).
 
 Not losing messages
     Messages are removed from storage before they are handed over, so the hand-over is
@@ -148,6 +149,17 @@ def _offline_message(acc: Any, params: dict[str, Any]) -> Any:
 def _user_available(acc: Any, params: dict[str, Any]) -> Any:
     jid = params["jid"]
     _queue().tell(("deliver", jid.partition("/")[0], params["c2s"].pid))
+    return acc
+
+
+def _presence_update(acc: Any, params: dict[str, Any]) -> Any:
+    """A session that was available with a negative priority raises it to zero or more:
+    it takes the stored messages now (XEP-0160 §2: they wait for such a resource)."""
+    previous = params.get("previous")
+    if (params["available"] and not params["initial"] and previous is not None
+            and previous < 0 <= params.get("priority", 0)):
+        c2s = params["c2s"]
+        _queue().tell(("deliver", c2s.bare_str, c2s.pid))
     return acc
 
 
@@ -434,6 +446,7 @@ def start(config: Any, module_config: Any) -> None:
     _ref = OfflineQueue.start(*_args)
     hooks.add("offline_message", _offline_message, module=NAME)
     hooks.add("user_available", _user_available, module=NAME)
+    hooks.add("user_presence_update", _presence_update, module=NAME)
     hooks.add("remove_user", _remove_user, module=NAME)
 
 
