@@ -64,18 +64,23 @@ while True:
 # argv given on its command line. It prints the child's os pid, waits for SIGINT, stops
 # the supervisor, and prints "stopped".
 ROOT_SCRIPT = r"""
-import signal, sys, threading
+import os, signal, sys
 import otp
 from otp import supervisor
 from otp.osproc import os_process_spec
-stop = threading.Event()
-signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+# SIGINT wakes the main thread through a pipe the C-level handler writes to: a Python
+# handler that sets a threading.Event could deadlock on the Event's lock if the signal
+# came while the main thread held it, entering wait().
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_w, False)
+signal.set_wakeup_fd(wake_w)
+signal.signal(signal.SIGINT, lambda signum, frame: None)
 sup = supervisor.Supervisor.start(
     "one_for_one", 1, 5, [os_process_spec("w", sys.argv[1:], ready_line="READY")])
 otp.started(sup).get(timeout=30)
 (child,) = supervisor.which_children(sup).get(timeout=30)
 print(otp.current().lookup(child.pid).os_pid, flush=True)
-stop.wait()
+os.read(wake_r, 1)
 sup.stop(timeout=30)
 print("stopped", flush=True)
 """
