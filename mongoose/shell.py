@@ -139,7 +139,10 @@ class Helpers:
             node: str | None = "*") -> Rows:
         """A live view of the busiest actors (longest mailboxes, then most messages
         handled since the last refresh), refreshed every ``interval`` seconds until a key
-        is pressed (or ``rounds`` refreshes). Returns the last view."""
+        is pressed (or ``rounds`` refreshes; one without a terminal). Returns the last
+        view."""
+        if rounds is None and not sys.stdin.isatty():
+            rounds = 1  # a script has no key to press
         last: dict[Any, int] = {}
         view = Rows([], ["pid", "kind", "mailbox", "rate", "handled", "memory"])
         with _keypress() as pressed:

@@ -174,6 +174,12 @@ def test_script_mode_and_refused_attach(node, tmp_path):
          "[w['worker'] for w in workers()]"],
         cwd=node.dir, capture_output=True, text=True, timeout=60, env=env)
     assert (run.returncode, run.stdout) == (0, "[0, 1, 2]\n"), run.stderr
+    # Without a terminal top() shows one view and returns (no key can stop it).
+    run = subprocess.run(
+        [sys.executable, "-m", "mongoose", "shell", "-c", str(node.config)],
+        input="v = top(interval=0.2)\nprint('rows:', len(v) > 0)\n",
+        cwd=node.dir, capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 0 and "rows: True" in run.stdout, run.stderr
     other = tmp_path / "other.keys"
     curve.save(curve.generate(), other)
     child = pexpect.spawn(
