@@ -950,9 +950,12 @@ class C2S(otp.LoopActor):
             elif packet[2] != "presence":
                 router.bounce(packet, "service-unavailable")
             return
-        if packet[3] == "probe" and packet[2] == "presence":
-            self._answer_probe(packet)  # the server answers probes; clients never see them
-            return
+        if packet[2] == "presence":
+            if packet[3] == "probe":
+                self._answer_probe(packet)  # the server answers probes; clients never see
+                return
+            if not self.available and "/" not in packet[1]:
+                return  # presence for the bare JID reaches available resources only
         if hooks.has("user_receive_packet", self.host):
             result = hooks.run("user_receive_packet", packet, self.host, c2s=self, packet=packet)
             if result is None:

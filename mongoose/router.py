@@ -20,9 +20,9 @@ Delivery rules (:meth:`RouterShard.deliver`), for a destination on one of our ho
   default is to bounce ``service-unavailable`` for normal and chat messages and drop
   the rest; a ``groupchat`` message is never delivered to a bare JID but bounced
   (``service-unavailable``), an ``error`` message is dropped; presence goes to every
-  session that sent available presence; an iq is answered by the server on the
-  account's behalf (``service-unavailable`` until modules such as vCard register
-  there).
+  session that sent available presence (as the session itself knows it); an iq is
+  answered by the server on the account's behalf (``service-unavailable`` until modules
+  such as vCard register there).
 * **Presence subscriptions and probes** (§3, §4.3, §8.5.2.1.2): the resource of a full
   JID does not matter. A subscription stanza (``subscribe``, ``subscribed``,
   ``unsubscribe``, ``unsubscribed``) goes to the ``inbound_subscription`` hook, where
@@ -238,10 +238,14 @@ def deliver(packet: Packet) -> Any:
 
 
 def presence_to_available(packet: Packet, sessions: list[sm.SessionRecord]) -> None:
-    """Presence for a bare JID: to every session that sent available presence."""
+    """Presence for a bare JID: to every session that sent available presence.
+
+    Each session decides that by its own state (:meth:`mongoose.c2s.C2S._deliver`), not
+    by this replica's priority: the replica of a session that has just become available
+    on another worker may still say it is not, and two contacts logging in at once on
+    two workers would then miss each other's presence for good."""
     for record in sessions:
-        if record[3] is not None:
-            otp.send(record[2], ("route", packet))
+        otp.send(record[2], ("route", packet))
 
 
 def message_recipients(sessions: list[sm.SessionRecord], kind: str) -> list[sm.SessionRecord]:
