@@ -220,30 +220,25 @@ def route(from_text: str, to_text: str, xml: str) -> str:
     if not router.is_local(from_jid.domain):
         raise AdminError(f"{from_jid.domain} is not a host of this node")
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    # Parsed inside a jabber:client element, as on a client stream: a stanza without
+    # its own xmlns is jabber:client's.
     try:
-        el = etree.fromstring(xml.encode(), parser)
+        wrapper = etree.fromstring(f"<s xmlns='{ns.CLIENT}'>{xml}</s>".encode(), parser)
     except etree.XMLSyntaxError as error:
         raise AdminError(f"the stanza is not well-formed XML: {error}") from None
-    if el.tag.startswith("{"):
-        namespace, _, name = el.tag[1:].partition("}")
-    else:  # no namespace given: the stanza is jabber:client's, as on a client stream
-        namespace, name = ns.CLIENT, el.tag
-        el = _in_client_namespace(el)
+    if len(wrapper) != 1:
+        raise AdminError("give exactly one stanza")
+    el = wrapper[0]
+    if not isinstance(el.tag, str):
+        raise AdminError("not a stanza: expected message, presence or iq")
+    qname = etree.QName(el)
+    namespace, name = qname.namespace or "", qname.localname
     if namespace != ns.CLIENT or name not in ("message", "presence", "iq"):
         raise AdminError(f"not a stanza: <{name}> in {namespace!r} (expected message, "
                          "presence or iq)")
     packet = packet_mod.from_element(el, str(from_jid), str(to_jid))
     router.route(packet)
     return name
-
-
-def _in_client_namespace(el: Any) -> Any:
-    from lxml import etree
-
-    copy = etree.fromstring(
-        etree.tostring(el).replace(f"<{el.tag}".encode(),
-                                   f'<{el.tag} xmlns="{ns.CLIENT}"'.encode(), 1))
-    return copy
 
 
 def _jid(text: str) -> JID:

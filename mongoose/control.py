@@ -69,11 +69,6 @@ def parse_pid(value: Any) -> otp.Pid:
         raise ControlError(f"not a pid: {value!r} (expected <node.worker.id>)") from None
 
 
-def keys_path(config: Config) -> Path:
-    path = Path(config.cluster.keys_file)
-    return path if path.is_absolute() else Path(config.general.data_dir) / path
-
-
 def node_address(config: Config) -> str:
     host = config.cluster.host
     if host in ("0.0.0.0", "::", ""):
@@ -126,7 +121,7 @@ class Control:
         from otp.attach import AttachError, attach
 
         _quiet_runtime_logs()
-        path = Path(keys_file) if keys_file else keys_path(config)
+        path = Path(keys_file) if keys_file else config.data_path(config.cluster.keys_file)
         try:
             keys = curve.load(path)
         except FileNotFoundError:
